@@ -1,0 +1,376 @@
+"""Vision Transformer (arXiv 2010.11929) as Flax Linen modules.
+
+Submodule and parameter names are those of the released checkpoints in their
+Linen numbering (`Transformer/encoderblock_{i}/MultiHeadDotProductAttention_0`
+...); `checkpoints.py` maps the older pre-Linen numbering onto them. Every
+parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`, ...) that
+`sharding.py` maps to mesh axes, and activations carry logical constraints
+that are no-ops outside a mesh.
+"""
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models import resnet
+from vit_jax.models.posemb import AddPositionEmbs, sincos2d_posemb
+
+Dtype = Any
+
+CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
+POSEMB_TYPES = ('learn', 'sincos2d')
+REMAT_POLICIES = ('none', 'full', 'dots_saveable',
+                  'dots_with_no_batch_dims_saveable', 'nothing_saveable')
+
+_LN_EPS = 1e-6
+
+
+_logical = nn.with_logical_partitioning
+
+
+def _layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=_LN_EPS, dtype=dtype, name=name,
+      scale_init=_logical(nn.initializers.ones, ('embed',)),
+      bias_init=_logical(nn.initializers.zeros, ('embed',)))
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU (tanh approximation, Flax's default) -> dropout -> Dense."""
+
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    width = x.shape[-1]
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    h = dense(self.mlp_dim, name='Dense_0',
+              kernel_init=_logical(nn.initializers.xavier_uniform(),
+                                   ('embed', 'mlp')),
+              bias_init=_logical(nn.initializers.normal(stddev=1e-6),
+                                 ('mlp',)))(x)
+    h = nn.gelu(h)
+    h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    out = dense(width, name='Dense_1',
+                kernel_init=_logical(nn.initializers.xavier_uniform(),
+                                     ('mlp', 'embed')),
+                bias_init=_logical(nn.initializers.normal(stddev=1e-6),
+                                   ('embed',)))(h)
+    return nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Multi-head attention with the parameter layout of Flax's own module
+  (query/key/value kernels (D, heads, head_dim), out kernel (heads, head_dim,
+  D)), computed with `jax.nn.dot_product_attention` so XLA or a fused cuDNN
+  kernel can be chosen by `implementation`.
+
+  Attention-probability dropout needs the probabilities, which the fused call
+  never materializes; only then the explicit softmax path is taken.
+  """
+
+  num_heads: int
+  attention_dropout_rate: float = 0.0
+  implementation: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs_q: jax.Array, inputs_kv: Optional[jax.Array] = None,
+               *, deterministic: bool) -> jax.Array:
+    if inputs_kv is None:
+      inputs_kv = inputs_q
+    width = inputs_q.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(
+          f'hidden size {width} is not divisible by num_heads='
+          f'{self.num_heads}; choose num_heads dividing the hidden size.')
+    head_dim = width // self.num_heads
+    projection = functools.partial(
+        nn.DenseGeneral, features=(self.num_heads, head_dim), axis=-1,
+        dtype=self.dtype,
+        kernel_init=_logical(nn.initializers.xavier_uniform(),
+                             ('embed', 'heads', 'kv')),
+        bias_init=_logical(nn.initializers.zeros, ('heads', 'kv')))
+    query = projection(name='query')(inputs_q)
+    key = projection(name='key')(inputs_kv)
+    value = projection(name='value')(inputs_kv)
+
+    if self.attention_dropout_rate > 0. and not deterministic:
+      logits = jnp.einsum('bqhd,bkhd->bhqk', query, key,
+                          preferred_element_type=jnp.float32)
+      probs = jax.nn.softmax(logits / np.sqrt(head_dim)).astype(self.dtype)
+      probs = nn.Dropout(self.attention_dropout_rate)(
+          probs, deterministic=deterministic)
+      out = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
+    else:
+      out = jax.nn.dot_product_attention(
+          query, key, value, implementation=self.implementation)
+    out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
+    return nn.DenseGeneral(
+        features=width, axis=(-2, -1), dtype=self.dtype, name='out',
+        kernel_init=_logical(nn.initializers.xavier_uniform(),
+                             ('heads', 'kv', 'embed')),
+        bias_init=_logical(nn.initializers.zeros, ('embed',)))(out)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)).
+
+  `droppath_rate` (stochastic depth) drops each example's residual branch with
+  that probability; it may be a traced scalar, so a scanned encoder can give
+  every layer its own rate. `scanned` makes the block return the (carry,
+  output) pair `nn.scan` expects.
+  """
+
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  attention_implementation: Optional[str] = None
+  dtype: Dtype = jnp.float32
+  scanned: bool = False
+
+  def _drop_path(self, y: jax.Array, rate, deterministic: bool) -> jax.Array:
+    if rate is None or deterministic:
+      return y
+    keep = 1. - rate
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep,
+                                (y.shape[0],) + (1,) * (y.ndim - 1))
+    return jnp.where(mask, y / keep, jnp.zeros_like(y))
+
+  @nn.compact
+  def __call__(self, x: jax.Array, droppath_rate, deterministic: bool):
+    y = _layer_norm('LayerNorm_0', self.dtype)(x)
+    y = MultiHeadDotProductAttention(
+        num_heads=self.num_heads,
+        attention_dropout_rate=self.attention_dropout_rate,
+        implementation=self.attention_implementation, dtype=self.dtype,
+        name='MultiHeadDotProductAttention_0')(y, deterministic=deterministic)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    x = x + self._drop_path(y, droppath_rate, deterministic)
+
+    y = _layer_norm('LayerNorm_1', self.dtype)(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                 dtype=self.dtype, name='MlpBlock_0')(
+                     y, deterministic=deterministic)
+    x = x + self._drop_path(y, droppath_rate, deterministic)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    return (x, None) if self.scanned else x
+
+
+class Encoder(nn.Module):
+  """Position embedding, dropout, `num_layers` blocks, final LayerNorm.
+
+  With `scan=True` the blocks run as one `nn.scan` whose parameters are
+  stacked along a leading layer axis under `encoderblock` (big_vision's
+  layout); otherwise they are separate `encoderblock_{i}` (the released
+  vit_jax layout). `checkpoints.stack_encoder_blocks` converts between them.
+  """
+
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0
+  posemb: str = 'learn'
+  scan: bool = False
+  remat_policy: str = 'none'
+  attention_implementation: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  def _block_class(self):
+    if self.remat_policy == 'none':
+      return Encoder1DBlock
+    policy = (None if self.remat_policy == 'full' else
+              getattr(jax.checkpoint_policies, self.remat_policy))
+    # Argument 3 (0 is self) is the Python bool `deterministic`.
+    return nn.remat(Encoder1DBlock, prevent_cse=not self.scan,
+                    static_argnums=(3,), policy=policy)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, grid: tuple[int, int],
+               num_prefix_tokens: int, deterministic: bool) -> jax.Array:
+    width = x.shape[-1]
+    if self.posemb == 'learn':
+      x = AddPositionEmbs(name='posembed_input')(x)
+    elif self.posemb == 'sincos2d':
+      # The prefix (class) token gets no position signal.
+      posemb = np.concatenate(
+          [np.zeros((1, num_prefix_tokens, width), np.float32),
+           sincos2d_posemb(*grid, width)], axis=1)
+      x = x + jnp.asarray(posemb, self.dtype)
+    else:
+      raise ValueError(
+          f'unknown posemb {self.posemb!r}; expected one of {POSEMB_TYPES}.')
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+    # Stochastic depth grows linearly with depth, 0 at the first block.
+    rates = (np.linspace(0., self.stochastic_depth, self.num_layers)
+             if self.stochastic_depth > 0. else None)
+    block_kwargs = dict(
+        mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        attention_implementation=self.attention_implementation,
+        dtype=self.dtype)
+    block_class = self._block_class()
+    if self.scan:
+      scanned = nn.scan(
+          block_class,
+          variable_axes={'params': 0},
+          split_rngs={'params': True, 'dropout': True},
+          in_axes=(0 if rates is not None else nn.broadcast, nn.broadcast),
+          length=self.num_layers,
+          metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = scanned(name='encoderblock', scanned=True, **block_kwargs)(
+          x, None if rates is None else jnp.asarray(rates, jnp.float32),
+          deterministic)
+    else:
+      for i in range(self.num_layers):
+        x = block_class(name=f'encoderblock_{i}', **block_kwargs)(
+            x, None if rates is None else float(rates[i]), deterministic)
+    return _layer_norm('encoder_norm', self.dtype)(x)
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling (big_vision): a learned probe attends over
+  all tokens, followed by a residual MLP."""
+
+  mlp_dim: int
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, _, width = x.shape
+    probe = self.param(
+        'probe', _logical(nn.initializers.xavier_uniform(),
+                          (None, None, 'embed')), (1, 1, width))
+    probe = jnp.tile(probe.astype(self.dtype), (batch, 1, 1))
+    x = MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype,
+        name='MultiHeadDotProductAttention_0')(probe, x, deterministic=True)
+    y = _layer_norm('LayerNorm_0', self.dtype)(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype,
+                     name='MlpBlock_0')(y, deterministic=True)
+    return x[:, 0]
+
+
+class VisionTransformer(nn.Module):
+  """ViT and hybrid ResNet+ViT classifier.
+
+  `num_classes=None` returns the pooled representation (after `pre_logits`
+  when a representation size is set) instead of logits; the 'unpooled'
+  classifiers return every token. Parameters are kept in float32; `dtype` is
+  the computation dtype (e.g. bfloat16). Outputs are float32.
+  """
+
+  num_classes: Optional[int]
+  patch_size: tuple[int, int]
+  hidden_size: int
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0
+  classifier: str = 'token'
+  representation_size: Optional[int] = None
+  head_bias_init: float = 0.0
+  posemb: str = 'learn'
+  resnet_layers: Optional[Sequence[int]] = None
+  resnet_width_factor: float = 1.0
+  scan: bool = False
+  remat_policy: str = 'none'
+  attention_implementation: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  def _check_options(self):
+    if self.classifier not in CLASSIFIERS:
+      raise ValueError(f'unknown classifier {self.classifier!r}; expected one '
+                       f'of {CLASSIFIERS}.')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'unknown remat_policy {self.remat_policy!r}; expected '
+                       f'one of {REMAT_POLICIES}.')
+
+  def _patchify(self, images: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
+    x = images.astype(self.dtype)
+    if self.resnet_layers is not None:
+      x = resnet.apply_resnet_stem(
+          x, num_layers=tuple(self.resnet_layers),
+          width_factor=self.resnet_width_factor, dtype=self.dtype)
+    patch_h, patch_w = self.patch_size
+    height, width = x.shape[1:3]
+    if height % patch_h or width % patch_w:
+      where = 'the ResNet stem output' if self.resnet_layers is not None else 'the image'
+      raise ValueError(
+          f'{where} is {height}x{width}, not divisible by the patch size '
+          f'{patch_h}x{patch_w}; use an image size that is a multiple of the '
+          f'total stride (patch size x stem stride).')
+    x = nn.Conv(
+        self.hidden_size, (patch_h, patch_w), strides=(patch_h, patch_w),
+        padding='VALID', dtype=self.dtype, name='embedding',
+        kernel_init=_logical(nn.initializers.lecun_normal(),
+                             (None, None, 'conv_in', 'embed')),
+        bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
+    batch, grid_h, grid_w, channels = x.shape
+    return x.reshape(batch, grid_h * grid_w, channels), (grid_h, grid_w)
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    self._check_options()
+    x, grid = self._patchify(images)
+    num_prefix_tokens = 0
+    if self.classifier in ('token', 'token_unpooled'):
+      cls = self.param('cls', _logical(nn.initializers.zeros,
+                                       (None, None, 'embed')),
+                       (1, 1, self.hidden_size))
+      x = jnp.concatenate(
+          [jnp.tile(cls.astype(x.dtype), (x.shape[0], 1, 1)), x], axis=1)
+      num_prefix_tokens = 1
+
+    x = Encoder(
+        num_layers=self.num_layers, mlp_dim=self.mlp_dim,
+        num_heads=self.num_heads, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        stochastic_depth=self.stochastic_depth, posemb=self.posemb,
+        scan=self.scan, remat_policy=self.remat_policy,
+        attention_implementation=self.attention_implementation,
+        dtype=self.dtype, name='Transformer')(
+            x, grid=grid, num_prefix_tokens=num_prefix_tokens,
+            deterministic=not train)
+
+    if self.classifier == 'token':
+      x = x[:, 0]
+    elif self.classifier == 'gap':
+      x = jnp.mean(x, axis=1)
+    elif self.classifier == 'map':
+      x = MAPHead(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                  dtype=self.dtype, name='MAPHead_0')(x)
+
+    if self.representation_size is not None:
+      x = nn.Dense(
+          self.representation_size, dtype=self.dtype, name='pre_logits',
+          kernel_init=_logical(nn.initializers.lecun_normal(),
+                               ('embed', 'mlp')),
+          bias_init=_logical(nn.initializers.zeros, ('mlp',)))(x)
+      x = jnp.tanh(x)
+
+    if self.num_classes:
+      x = nn.Dense(
+          self.num_classes, dtype=self.dtype, name='head',
+          kernel_init=_logical(nn.initializers.zeros,
+                               ('embed' if self.representation_size is None
+                                else 'mlp', 'classes')),
+          bias_init=_logical(nn.initializers.constant(self.head_bias_init),
+                             ('classes',)))(x)
+    return x.astype(jnp.float32)
