@@ -32,6 +32,6 @@ class AddPositionEmbs(nn.Module):
     posemb = self.param(
         'pos_embedding',
         nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02),
-                 (None, 'length', 'embed')),
+                                     (None, 'length', 'embed')),
         (1, *x.shape[1:]))
     return x + posemb.astype(x.dtype)

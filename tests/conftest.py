@@ -1,0 +1,55 @@
+"""Shared helpers for the test suite: tiny models and parameter utilities."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.models import get_model_config
+from vit_jax.models import build_model
+
+
+def tiny_model_config(**overrides):
+  """A 3-layer, 32-wide ViT with 4x4 patches; fast enough for every test."""
+  config = get_model_config('Ti/16')
+  config.patch_size = (4, 4)
+  config.hidden_size = 32
+  config.mlp_dim = 64
+  config.num_heads = 2
+  config.num_layers = 3
+  config.update(overrides)
+  return config
+
+
+def init_params(model, image_shape=(1, 16, 16, 3), seed=0):
+  variables = model.init(jax.random.key(seed), jnp.zeros(image_shape))
+  return nn.unbox(variables['params'])
+
+
+def abstract_params(model, image_shape=(1, 224, 224, 3)):
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros(image_shape)))
+  return nn.unbox(variables['params'])
+
+
+def randomize(params, seed=0, scale=0.05):
+  """Replaces every leaf (the zero-initialized head included) by noise, so
+  outputs depend on every parameter."""
+  leaves, treedef = jax.tree.flatten(params)
+  rng = np.random.default_rng(seed)
+  return jax.tree.unflatten(treedef, [
+      jnp.asarray(1. + scale * rng.standard_normal(l.shape), l.dtype)
+      if l.ndim == 1 and l.shape[0] > 0 else
+      jnp.asarray(scale * rng.standard_normal(l.shape), l.dtype)
+      for l in leaves])
+
+
+@pytest.fixture
+def images():
+  return jnp.asarray(
+      np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+
+
+def build(config, num_classes=10):
+  return build_model(config, num_classes)

@@ -1,0 +1,237 @@
+"""Parameter interop with the released `.npz` checkpoints.
+
+The released files come in several layouts; all are mapped onto this
+package's parameter tree:
+
+* vit_jax pre-Linen numbering (`MultiHeadDotProductAttention_1`,
+  `LayerNorm_2`, `MlpBlock_3` inside each encoder block) and Linen numbering
+  (`MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`);
+* the position embedding nested (`Transformer/posembed_input/pos_embedding`)
+  or at the top level (`pos_embedding`, big_vision);
+* per-layer encoder blocks (`encoderblock_{i}`) or one stacked block
+  (`encoderblock`, leading layer axis, big_vision's scanned encoder), in
+  either direction, to match the model's `scan` setting;
+* GroupNorm parameters of old hybrid files stored as (1, 1, 1, C);
+* whole training checkpoints whose parameters sit under `params/` or
+  `opt/target/`.
+
+Paths may be local or any filesystem etils.epath reads (gs:// included).
+"""
+
+import io
+import re
+from typing import Any, Mapping
+
+import numpy as np
+from etils import epath
+
+Params = Any  # nested dict of arrays
+FlatParams = dict[str, np.ndarray]
+
+_PRE_LINEN_BLOCK_NAMES = {
+    'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
+    'LayerNorm_2': 'LayerNorm_1',
+    'MlpBlock_3': 'MlpBlock_0',
+}
+_LINEN_TO_PRE_LINEN = {v: k for k, v in _PRE_LINEN_BLOCK_NAMES.items()}
+_BLOCK = re.compile(r'^(?P<prefix>.*Transformer/)encoderblock_(?P<index>\d+)/'
+                    r'(?P<rest>.*)$')
+_STACKED_BLOCK = re.compile(r'^(?P<prefix>.*Transformer/)encoderblock/'
+                            r'(?P<rest>.*)$')
+_NESTED_POSEMB = 'Transformer/posembed_input/pos_embedding'
+_TRAINING_PREFIXES = ('params/', 'opt/target/')
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint whose parameter names or shapes differ from the model's."""
+
+
+def flatten_params(tree: Mapping[str, Any], prefix: str = '') -> FlatParams:
+  """Nested dict -> {'a/b/c': leaf}."""
+  flat = {}
+  for key, value in tree.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, Mapping):
+      flat.update(flatten_params(value, f'{path}/'))
+    else:
+      flat[path] = value
+  return flat
+
+
+def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{'a/b/c': leaf} -> nested dict."""
+  tree: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = tree
+    *parents, leaf = path.split('/')
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+def read_npz(path: str) -> FlatParams:
+  """All arrays of an `.npz` file as a flat dict (local or remote path)."""
+  file = epath.Path(path)
+  if not file.exists():
+    raise FileNotFoundError(
+        f'checkpoint {path!r} does not exist; check the path (local, or gs:// '
+        f'with credentials for the bucket).')
+  with np.load(io.BytesIO(file.read_bytes()), allow_pickle=False) as data:
+    return {key: data[key] for key in data.files}
+
+
+def stack_encoder_blocks(flat: Mapping[str, Any]) -> FlatParams:
+  """`encoderblock_{i}/...` per layer -> `encoderblock/...` stacked on axis 0."""
+  per_layer: dict[tuple[str, str], dict[int, Any]] = {}
+  out = {}
+  for path, value in flat.items():
+    match = _BLOCK.match(path)
+    if match is None:
+      out[path] = value
+    else:
+      key = (match['prefix'], match['rest'])
+      per_layer.setdefault(key, {})[int(match['index'])] = value
+  for (prefix, rest), layers in per_layer.items():
+    indices = sorted(layers)
+    if indices != list(range(len(indices))):
+      raise CheckpointMismatchError(
+          f'encoder blocks of {prefix}encoderblock_*/{rest} are numbered '
+          f'{indices}; expected 0..{len(indices) - 1} with none missing.')
+    out[f'{prefix}encoderblock/{rest}'] = np.stack(
+        [np.asarray(layers[i]) for i in indices])
+  return out
+
+
+def unstack_encoder_blocks(flat: Mapping[str, Any]) -> FlatParams:
+  """`encoderblock/...` stacked on axis 0 -> `encoderblock_{i}/...`."""
+  out = {}
+  for path, value in flat.items():
+    match = _STACKED_BLOCK.match(path)
+    if match is None:
+      out[path] = value
+      continue
+    for i, layer in enumerate(np.asarray(value)):
+      out[f'{match["prefix"]}encoderblock_{i}/{match["rest"]}'] = layer
+  return out
+
+
+def _strip_training_prefix(flat: FlatParams) -> FlatParams:
+  for prefix in _TRAINING_PREFIXES:
+    inner = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+    if inner:
+      return inner
+  return flat
+
+
+def _rename_block_children(flat: FlatParams, names: Mapping[str, str]) -> FlatParams:
+  out = {}
+  for path, value in flat.items():
+    parts = path.split('/')
+    for i in range(1, len(parts)):
+      if parts[i - 1].startswith('encoderblock'):
+        parts[i] = names.get(parts[i], parts[i])
+    out['/'.join(parts)] = value
+  return out
+
+
+def to_model_layout(flat: FlatParams, *, stacked: bool) -> FlatParams:
+  """Any released layout -> this package's names (see module docstring)."""
+  flat = _strip_training_prefix(dict(flat))
+  if any('/MlpBlock_3/' in path for path in flat):
+    flat = _rename_block_children(flat, _PRE_LINEN_BLOCK_NAMES)
+  if 'pos_embedding' in flat:
+    flat[_NESTED_POSEMB] = flat.pop('pos_embedding')
+  for path, value in flat.items():
+    if (re.search(r'(^|/)gn[^/]*/(scale|bias)$', path)
+        and np.ndim(value) == 4):
+      flat[path] = np.reshape(value, (-1,))
+  if stacked:
+    return stack_encoder_blocks(flat)
+  return unstack_encoder_blocks(flat)
+
+
+def _describe_mismatch(expected: Mapping[str, tuple], found: Mapping[str, tuple],
+                       source: str) -> str:
+  missing = sorted(set(expected) - set(found))
+  unexpected = sorted(set(found) - set(expected))
+  wrong = sorted(k for k in set(expected) & set(found)
+                 if tuple(expected[k]) != tuple(found[k]))
+  lines = [f'checkpoint {source} does not match the model:']
+  if missing:
+    lines.append(f'  {len(missing)} parameters missing from the checkpoint:')
+    lines += [f'    {k} {tuple(expected[k])}' for k in missing]
+  if unexpected:
+    lines.append(f'  {len(unexpected)} checkpoint parameters not in the model:')
+    lines += [f'    {k} {tuple(found[k])}' for k in unexpected]
+  if wrong:
+    lines.append(f'  {len(wrong)} parameters with a different shape '
+                 f'(model vs checkpoint):')
+    lines += [f'    {k} {tuple(expected[k])} vs {tuple(found[k])}'
+              for k in wrong]
+  if len(lines) == 1:
+    return ''
+  lines.append('  Build the model variant the checkpoint was saved from '
+               '(config.model), or fine-tune with a head swap / position '
+               'embedding resize.')
+  return '\n'.join(lines)
+
+
+def match_params(flat: FlatParams, reference_params: Params,
+                 source: str = '<in memory>') -> Params:
+  """Checks a flat layout-converted dict against the model's tree (arrays or
+  `jax.ShapeDtypeStruct`s) and returns it as that tree, cast to its dtypes.
+
+  Raises CheckpointMismatchError listing every missing, unexpected and
+  wrongly shaped parameter.
+  """
+  reference = flatten_params(reference_params)
+  message = _describe_mismatch(
+      {k: np.shape(v) for k, v in reference.items()},
+      {k: np.shape(v) for k, v in flat.items()}, source)
+  if message:
+    raise CheckpointMismatchError(message)
+  return unflatten_params(
+      {k: np.asarray(flat[k], dtype=reference[k].dtype) for k in reference})
+
+
+def load_npz_params(path: str, reference_params: Params) -> Params:
+  """Loads a released (or exported) `.npz` into the model's parameter tree.
+
+  `reference_params` is the model's tree, e.g. the `params` of
+  `jax.eval_shape(model.init, ...)`, unboxed; whether it is scanned decides
+  the encoder layout produced.
+  """
+  stacked = any(_STACKED_BLOCK.match(k) for k in flatten_params(reference_params))
+  flat = to_model_layout(read_npz(path), stacked=stacked)
+  return match_params(flat, reference_params, source=repr(path))
+
+
+LAYOUTS = ('vit_jax', 'big_vision')
+
+
+def export_layout(params: Params, layout: str = 'vit_jax') -> FlatParams:
+  """The model's tree as a flat dict in a released layout.
+
+  'vit_jax': per-layer blocks, pre-Linen numbering, nested position embedding
+  (what the official repo and timm's npz loader read). 'big_vision': per-layer
+  blocks, Linen numbering, top-level `pos_embedding`.
+  """
+  if layout not in LAYOUTS:
+    raise ValueError(f'unknown layout {layout!r}; expected one of {LAYOUTS}.')
+  flat = unstack_encoder_blocks(
+      {k: np.asarray(v) for k, v in flatten_params(params).items()})
+  if layout == 'vit_jax':
+    return _rename_block_children(flat, _LINEN_TO_PRE_LINEN)
+  if _NESTED_POSEMB in flat:
+    flat['pos_embedding'] = flat.pop(_NESTED_POSEMB)
+  return flat
+
+
+def save_npz_params(params: Params, path: str, layout: str = 'vit_jax') -> None:
+  """Writes the parameters as an `.npz` in a released layout."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **export_layout(params, layout))
+  file = epath.Path(path)
+  file.parent.mkdir(parents=True, exist_ok=True)
+  file.write_bytes(buffer.getvalue())
