@@ -1,0 +1,159 @@
+"""Scanned vs per-layer encoders, remat, precision, attention, stochastic depth."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import build, init_params, randomize, tiny_model_config
+from vit_jax import checkpoints
+from vit_jax.models.resnet import StdConv
+from vit_jax.models.vit import MultiHeadDotProductAttention
+
+
+def to_scanned(params):
+  return checkpoints.unflatten_params(
+      checkpoints.stack_encoder_blocks(checkpoints.flatten_params(params)))
+
+
+def to_per_layer(params):
+  return checkpoints.unflatten_params(
+      checkpoints.unstack_encoder_blocks(checkpoints.flatten_params(params)))
+
+
+@pytest.mark.parametrize('remat_policy', ['none', 'full', 'dots_saveable'])
+def test_scanned_and_per_layer_logits_match(remat_policy, images):
+  per_layer = build(tiny_model_config(), 10)
+  scanned = build(tiny_model_config(scan=True, remat_policy=remat_policy), 10)
+  params = randomize(init_params(per_layer))
+  scanned_params = to_scanned(params)
+  expected = per_layer.apply({'params': params}, images)
+  got = scanned.apply({'params': scanned_params}, images)
+  assert float(jnp.std(expected)) > 0.1  # logits depend on the random head
+  np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+  def loss(model, p):
+    return jnp.sum(model.apply({'params': p}, images) ** 2)
+  grads = jax.grad(lambda p: loss(per_layer, p))(params)
+  scanned_grads = jax.grad(lambda p: loss(scanned, p))(scanned_params)
+  flat_grads = checkpoints.flatten_params(grads)
+  # Float32 reassociation inside scan/remat: compare relative to the largest
+  # gradient (some, like the key bias's, are zero up to rounding).
+  scale = max(float(np.max(np.abs(g))) for g in flat_grads.values())
+  for key, value in checkpoints.flatten_params(to_per_layer(scanned_grads)).items():
+    np.testing.assert_allclose(value / scale, flat_grads[key] / scale,
+                               atol=1e-5, err_msg=key)
+
+
+def test_scanned_init_converts_to_per_layer_tree():
+  scanned_params = init_params(build(tiny_model_config(scan=True), 10))
+  per_layer_params = init_params(build(tiny_model_config(), 10))
+  block = scanned_params['Transformer']['encoderblock']
+  assert block['MultiHeadDotProductAttention_0']['query']['kernel'].shape == (3, 32, 2, 16)
+  converted = jax.tree.map(np.shape, to_per_layer(scanned_params))
+  assert converted == jax.tree.map(np.shape, per_layer_params)
+  # Layers are initialized independently, not copies of each other.
+  kernels = block['MlpBlock_0']['Dense_0']['kernel']
+  assert not np.allclose(kernels[0], kernels[1])
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_bfloat16_matches_float32(scan, images):
+  config = tiny_model_config(scan=scan)
+  model32 = build(config, 10)
+  params = randomize(init_params(model32))
+  if scan:
+    params = to_scanned(params)
+  config.dtype = 'bfloat16'
+  model16 = build(config, 10)
+  logits32 = model32.apply({'params': params}, images)
+  logits16 = model16.apply({'params': params}, images)
+  assert logits16.dtype == jnp.float32
+  # bf16 keeps 8 bits of mantissa: ~0.4% relative error per rounding.
+  scale = float(jnp.max(jnp.abs(logits32)))
+  error = float(jnp.max(jnp.abs(logits16 - logits32)))
+  assert error < 0.03 * scale, (error, scale)
+  assert error > 0  # the computation really ran in bfloat16
+
+
+def test_bfloat16_hybrid_matches_float32():
+  config = tiny_model_config(resnet_layers=(1,), patch_size=(1, 1))
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)),
+                  jnp.float32)
+  model32 = build(config, 10)
+  params = randomize(init_params(model32, x.shape), scale=0.2)
+  config.dtype = 'bfloat16'
+  logits32 = model32.apply({'params': params}, x)
+  logits16 = build(config, 10).apply({'params': params}, x)
+  scale = float(jnp.max(jnp.abs(logits32)))
+  assert float(jnp.max(jnp.abs(logits16 - logits32))) < 0.03 * scale
+
+
+def test_attention_matches_flax_multihead_attention():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 32)), jnp.float32)
+  ours = MultiHeadDotProductAttention(num_heads=4)
+  params = ours.init(jax.random.key(0), x, deterministic=True)
+  reference = nn.MultiHeadDotProductAttention(num_heads=4)
+  unboxed = nn.unbox(params)
+  assert jax.tree.map(np.shape, unboxed) == jax.tree.map(
+      np.shape, reference.init(jax.random.key(0), x))
+  np.testing.assert_allclose(
+      ours.apply(unboxed, x, deterministic=True),
+      reference.apply(unboxed, x), atol=1e-5)
+
+
+def test_attention_dropout_path_matches_fused_path_when_rate_is_zero():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 32)), jnp.float32)
+  module = MultiHeadDotProductAttention(num_heads=4, attention_dropout_rate=1e-9)
+  params = nn.unbox(module.init(jax.random.key(0), x, deterministic=True))
+  fused = module.apply(params, x, deterministic=True)
+  explicit = module.apply(params, x, deterministic=False,
+                          rngs={'dropout': jax.random.key(1)})
+  np.testing.assert_allclose(explicit, fused, atol=1e-5)
+
+
+def test_dropout_and_stochastic_depth_only_in_training(images):
+  for scan in (False, True):
+    model = build(tiny_model_config(scan=scan, dropout_rate=0.1,
+                                    stochastic_depth=0.5), 10)
+    params = randomize(init_params(model))
+    eval1 = model.apply({'params': params}, images)
+    eval2 = model.apply({'params': params}, images, train=False)
+    np.testing.assert_array_equal(eval1, eval2)
+    train = [model.apply({'params': params}, images, train=True,
+                         rngs={'dropout': jax.random.key(s)}) for s in (0, 0, 1)]
+    np.testing.assert_array_equal(train[0], train[1])  # same rng, same masks
+    assert not np.allclose(train[0], train[2])
+    assert not np.allclose(train[0], eval1)
+
+
+def test_stochastic_depth_drops_whole_residual_branches():
+  # With rate 1 at the last layer, that layer must be the identity per example.
+  model = build(tiny_model_config(num_layers=2, stochastic_depth=1.0,
+                                  classifier='unpooled'), None)
+  images = jnp.ones((3, 16, 16, 3))
+  params = randomize(init_params(model))
+  one_layer = build(tiny_model_config(num_layers=1, classifier='unpooled'), None)
+  params1 = dict(params, Transformer={
+      k: v for k, v in params['Transformer'].items() if k != 'encoderblock_1'})
+  np.testing.assert_allclose(
+      model.apply({'params': params}, images, train=True,
+                  rngs={'dropout': jax.random.key(0)}),
+      # Layer 0 has rate 0: kept; layer 1 has rate 1: dropped.
+      one_layer.apply({'params': params1}, images), atol=1e-5)
+
+
+def test_std_conv_is_invariant_to_kernel_scale_and_shift():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 4)), jnp.float32)
+  conv = StdConv(features=6, kernel_size=(3, 3))
+  params = nn.unbox(conv.init(jax.random.key(0), x))
+  out = conv.apply(params, x)
+  scaled = jax.tree.map(lambda k: 3. * k + 0.5, params)
+  # Not exact: the 1e-5 epsilon weighs less against the larger variance.
+  np.testing.assert_allclose(conv.apply(scaled, x), out, rtol=1e-3, atol=1e-3)
+  kernel = params['params']['kernel']
+  standardized = (kernel - kernel.mean((0, 1, 2))) / jnp.sqrt(kernel.var((0, 1, 2)) + 1e-5)
+  expected = jax.lax.conv_general_dilated(x, standardized, (1, 1), 'SAME',
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(out, expected, atol=1e-5)
