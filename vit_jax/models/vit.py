@@ -66,6 +66,52 @@ class MlpBlock(nn.Module):
     return nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
 
 
+# Xavier over the flattened (in, out) matrix, as Flax's DenseGeneral does.
+_xavier_to_heads = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+_xavier_from_heads = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+
+
+class ProjectToHeads(nn.Module):
+  """(..., D) -> (..., heads, head_dim); kernel (D, heads, head_dim).
+
+  Written out instead of nn.DenseGeneral, whose flattening initializer cannot
+  carry 3-axis logical names under active sharding rules.
+  """
+
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        'kernel', _logical(_xavier_to_heads, ('embed', 'heads', 'kv')),
+        (x.shape[-1], self.num_heads, self.head_dim))
+    bias = self.param('bias', _logical(nn.initializers.zeros, ('heads', 'kv')),
+                      (self.num_heads, self.head_dim))
+    y = jnp.einsum('...d,dhk->...hk', x.astype(self.dtype),
+                   kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
+class MergeHeads(nn.Module):
+  """(..., heads, head_dim) -> (..., features); kernel (heads, head_dim, D)."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        'kernel', _logical(_xavier_from_heads, ('heads', 'kv', 'embed')),
+        (*x.shape[-2:], self.features))
+    bias = self.param('bias', _logical(nn.initializers.zeros, ('embed',)),
+                      (self.features,))
+    y = jnp.einsum('...hk,hkd->...d', x.astype(self.dtype),
+                   kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """Multi-head attention with the parameter layout of Flax's own module
   (query/key/value kernels (D, heads, head_dim), out kernel (heads, head_dim,
@@ -93,11 +139,8 @@ class MultiHeadDotProductAttention(nn.Module):
           f'{self.num_heads}; choose num_heads dividing the hidden size.')
     head_dim = width // self.num_heads
     projection = functools.partial(
-        nn.DenseGeneral, features=(self.num_heads, head_dim), axis=-1,
-        dtype=self.dtype,
-        kernel_init=_logical(nn.initializers.xavier_uniform(),
-                             ('embed', 'heads', 'kv')),
-        bias_init=_logical(nn.initializers.zeros, ('heads', 'kv')))
+        ProjectToHeads, num_heads=self.num_heads, head_dim=head_dim,
+        dtype=self.dtype)
     query = projection(name='query')(inputs_q)
     key = projection(name='key')(inputs_kv)
     value = projection(name='value')(inputs_kv)
@@ -113,11 +156,7 @@ class MultiHeadDotProductAttention(nn.Module):
       out = jax.nn.dot_product_attention(
           query, key, value, implementation=self.implementation)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
-    return nn.DenseGeneral(
-        features=width, axis=(-2, -1), dtype=self.dtype, name='out',
-        kernel_init=_logical(nn.initializers.xavier_uniform(),
-                             ('heads', 'kv', 'embed')),
-        bias_init=_logical(nn.initializers.zeros, ('embed',)))(out)
+    return MergeHeads(features=width, dtype=self.dtype, name='out')(out)
 
 
 class Encoder1DBlock(nn.Module):

@@ -1,0 +1,1 @@
+"""Input pipelines: sources of host-local batches for the trainer."""

@@ -1,0 +1,152 @@
+"""Training metrics: JSON lines, TensorBoard, console progress, img/s, MFU.
+
+Only process 0 writes. TensorBoard events need TensorFlow (imported here
+only, so the trainer runs where TensorFlow is absent, with JSON lines alone).
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+
+# Dense bf16 peak FLOP/s per device, by `device_kind` prefix.
+PEAK_FLOPS = {
+    'NVIDIA H200': 989e12,
+    'NVIDIA H100': 989e12,
+    'NVIDIA A100': 312e12,
+    'TPU v6': 918e12,
+    'TPU v5p': 459e12,
+    'TPU v5 lite': 197e12,
+    'TPU v5e': 197e12,
+    'TPU v4': 275e12,
+    'TPU v3': 61.5e12,  # per core; a v3 chip is two devices
+}
+
+
+def peak_flops_per_device(device: Any = None) -> float | None:
+  kind = (device or jax.devices()[0]).device_kind
+  for prefix, flops in PEAK_FLOPS.items():
+    if kind.startswith(prefix):
+      return flops
+  return None
+
+
+def vit_forward_flops(model_config: Mapping[str, Any], image_size: int,
+                      num_classes: int) -> float:
+  """Analytic forward FLOPs per image (2 x multiply-adds) of the matmuls and
+  convolutions; ViT-B/16 at 224 px with 1000 classes gives 35.1 GFLOPs."""
+  macs = 0.
+  size, channels = image_size, 3
+  if model_config.get('resnet_layers') is not None:
+    width = int(64 * model_config.get('resnet_width_factor', 1.0))
+    size //= 2
+    macs += size * size * 49 * 3 * width
+    size //= 2
+    channels = width
+    for stage, units in enumerate(model_config['resnet_layers']):
+      features = width * 2**stage
+      for unit in range(units):
+        in_size = size
+        if stage > 0 and unit == 0:
+          size //= 2
+        macs += in_size * in_size * channels * features          # conv1
+        macs += size * size * 9 * features * features            # conv2
+        macs += size * size * features * features * 4            # conv3
+        if unit == 0:
+          macs += size * size * channels * features * 4          # conv_proj
+        channels = features * 4
+  patch_h, patch_w = model_config['patch_size']
+  hidden, mlp = model_config['hidden_size'], model_config['mlp_dim']
+  grid = (size // patch_h) * (size // patch_w)
+  macs += grid * patch_h * patch_w * channels * hidden
+  tokens = grid + (1 if model_config.get('classifier', 'token') in (
+      'token', 'token_unpooled') else 0)
+  per_layer = 4 * tokens * hidden**2 + 2 * tokens**2 * hidden + 2 * tokens * hidden * mlp
+  macs += model_config['num_layers'] * per_layer
+  if model_config.get('representation_size'):
+    macs += hidden * model_config['representation_size']
+    hidden = model_config['representation_size']
+  macs += hidden * (num_classes or 0)
+  return 2. * macs
+
+
+class MetricWriter:
+  """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events."""
+
+  def __init__(self, workdir: str | None):
+    self.active = workdir is not None and jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.config.set_visible_devices([], 'GPU')
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tb'))
+      self._tf = tf
+    except ImportError:
+      print('TensorFlow not installed: TensorBoard events disabled; '
+            'metrics still go to metrics.jsonl.')
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.active:
+      return
+    self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
+    self._jsonl.flush()
+    if self._tb is not None:
+      with self._tb.as_default():
+        for key, value in scalars.items():
+          self._tf.summary.scalar(key, value, step=step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Throughput:
+  """Images/s, per-device images/s, MFU and ETA between two log points."""
+
+  def __init__(self, *, batch_size: int, train_flops_per_image: float,
+               total_steps: int, num_devices: int):
+    self.batch_size = batch_size
+    self.flops = train_flops_per_image
+    self.total_steps = total_steps
+    self.num_devices = num_devices
+    self.peak = peak_flops_per_device()
+    self._last = None
+
+  def update(self, step: int) -> dict[str, float]:
+    now = time.perf_counter()
+    out = {}
+    if self._last is not None and step > self._last[0]:
+      seconds = (now - self._last[1]) / (step - self._last[0])
+      images = self.batch_size / seconds
+      out = {'img_per_sec': images,
+             'img_per_sec_per_device': images / self.num_devices,
+             'eta_hours': (self.total_steps - step) * seconds / 3600}
+      if self.peak:
+        out['mfu'] = images * self.flops / (self.peak * self.num_devices)
+    self._last = (step, now)
+    return out
+
+  def restart(self, step: int) -> None:
+    """Excludes the time since the last update (e.g. an evaluation)."""
+    self._last = (step, time.perf_counter())
+
+
+def progress_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
+  parts = [f'step {step}/{total}']
+  for key in ('loss', 'grad_norm', 'learning_rate', 'img_per_sec',
+              'img_per_sec_per_device', 'mfu', 'eta_hours', 'eval/accuracy'):
+    if key in scalars and math.isfinite(scalars[key]):
+      value = scalars[key]
+      parts.append(f'{key} {value:.4g}' if key != 'mfu' else f'mfu {100 * value:.1f}%')
+  return ' | '.join(parts)

@@ -1,0 +1,95 @@
+"""Optimizer and learning-rate schedule from the `optimizer` / `schedule`
+sections of a config.
+
+Weight decay follows the ViT paper's convention: it is multiplied by the
+learning rate (as in `optax.adamw`), so 0.1 at lr 1e-3 removes 1e-4 of each
+decayed weight per step. Which weights decay is a regex list over '/'-joined
+parameter names; biases, norms, position embeddings and the class token are
+excluded by default.
+"""
+
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vit_jax.checkpoints import flatten_params, unflatten_params
+
+OPTIMIZERS = ('adam', 'sgd', 'adafactor')
+SCHEDULES = ('cosine', 'linear', 'rsqrt', 'constant')
+
+# Parameters that never decay unless the config says otherwise.
+DEFAULT_NO_DECAY = (r'.*/bias$', r'.*/scale$', r'.*pos_embedding$', r'^cls$',
+                    r'.*/probe$')
+
+
+def make_schedule(*, base_lr: float, total_steps: int, warmup_steps: int,
+                  decay_type: str = 'cosine', end_lr: float = 0.0,
+                  ) -> Callable[[jax.Array], jax.Array]:
+  """Linear warmup from 0 to `base_lr`, then `decay_type` down to `end_lr`."""
+  if decay_type not in SCHEDULES:
+    raise ValueError(f'unknown schedule decay_type {decay_type!r}; expected '
+                     f'one of {SCHEDULES}.')
+  if warmup_steps > total_steps:
+    raise ValueError(f'warmup_steps={warmup_steps} exceeds total_steps='
+                     f'{total_steps}; shorten the warmup or train longer.')
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warmup = base_lr * step / max(warmup_steps, 1)
+    progress = jnp.clip((step - warmup_steps) /
+                        max(total_steps - warmup_steps, 1), 0., 1.)
+    if decay_type == 'cosine':
+      decayed = end_lr + (base_lr - end_lr) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+    elif decay_type == 'linear':
+      decayed = base_lr + (end_lr - base_lr) * progress
+    elif decay_type == 'rsqrt':
+      decayed = base_lr * jax.lax.rsqrt(
+          jnp.maximum(step, warmup_steps) / max(warmup_steps, 1))
+    else:
+      decayed = jnp.full_like(step, base_lr)
+    return jnp.where(step < warmup_steps, warmup, decayed)
+
+  return schedule
+
+
+def decay_mask(params: Any, no_decay: Sequence[str]) -> Any:
+  """True for every parameter whose name matches none of `no_decay`."""
+  patterns = [re.compile(p) for p in no_decay]
+  flat = flatten_params(params)
+  return unflatten_params(
+      {k: not any(p.fullmatch(k) for p in patterns) for k in flat})
+
+
+def make_optimizer(optimizer_config: Mapping[str, Any],
+                   schedule: Callable[[jax.Array], jax.Array]
+                   ) -> optax.GradientTransformation:
+  """Clip -> base optimizer -> weight decay (masked) -> -lr."""
+  name = optimizer_config['name']
+  if name not in OPTIMIZERS:
+    raise ValueError(f'unknown optimizer {name!r}; expected one of '
+                     f'{OPTIMIZERS}.')
+  chain = []
+  clip = optimizer_config.get('grad_clip_norm')
+  if clip:
+    chain.append(optax.clip_by_global_norm(clip))
+  moment_dtype = optimizer_config.get('first_moment_dtype') or None
+  if name == 'adam':
+    chain.append(optax.scale_by_adam(
+        b1=optimizer_config.get('b1', 0.9), b2=optimizer_config.get('b2', 0.999),
+        eps=optimizer_config.get('eps', 1e-8), mu_dtype=moment_dtype))
+  elif name == 'sgd':
+    chain.append(optax.trace(decay=optimizer_config.get('momentum', 0.9),
+                             accumulator_dtype=moment_dtype))
+  else:
+    chain.append(optax.scale_by_factored_rms(
+        decay_rate=optimizer_config.get('b2', 0.8)))
+  weight_decay = optimizer_config.get('weight_decay', 0.0)
+  if weight_decay:
+    no_decay = tuple(optimizer_config.get('no_decay', DEFAULT_NO_DECAY))
+    chain.append(optax.add_decayed_weights(
+        weight_decay, mask=lambda p: decay_mask(p, no_decay)))
+  chain.append(optax.scale_by_learning_rate(schedule))
+  return optax.chain(*chain)

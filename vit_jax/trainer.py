@@ -1,0 +1,286 @@
+"""The one train loop, shared by pre-training and fine-tuning.
+
+State is a plain dict: params, opt_state, step, rng (raw key data) and
+nonfinite_step (-1 until a loss or gradient norm first turns NaN/Inf). The
+train step is a pure function of (state, batch), jitted with explicit
+shardings and a donated state. Dropout keys derive from (rng, step) alone,
+and JAX's partitionable threefry makes them independent of the mesh.
+"""
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vit_jax import metrics as metrics_lib
+from vit_jax import optim, sharding
+from vit_jax.models import build_model
+from vit_jax.train_checkpoints import StateCheckpointer, abstract_with_shardings
+
+State = dict[str, Any]
+LOSSES = ('softmax_xent', 'sigmoid_xent')
+
+
+class NonFiniteError(RuntimeError):
+  """Loss or gradient norm became NaN/Inf."""
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array, *, kind: str,
+                        label_smoothing: float = 0.0) -> jax.Array:
+  """Mean loss; `labels` are class ids (n,) or (multi-)hot targets (n, C)."""
+  num_classes = logits.shape[-1]
+  if labels.ndim == 1:
+    labels = jax.nn.one_hot(labels, num_classes)
+  labels = labels.astype(jnp.float32)
+  if label_smoothing:
+    labels = labels * (1 - label_smoothing) + label_smoothing / num_classes
+  if kind == 'softmax_xent':
+    return jnp.mean(optax.softmax_cross_entropy(logits, labels))
+  if kind == 'sigmoid_xent':
+    return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels), -1))
+  raise ValueError(f'unknown loss {kind!r}; expected one of {LOSSES}.')
+
+
+def _rules(config) -> tuple:
+  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+               for name, axes in config.sharding_rules)
+
+
+def _fit(leaf: Any, target: jax.sharding.NamedSharding, fallback):
+  """`target` if it can shard `leaf` (e.g. not for Adafactor's factored
+  moments, whose shapes differ from the parameter's), else `fallback`."""
+  spec = tuple(target.spec)
+  if len(spec) > len(leaf.shape):
+    return fallback
+  for dim, axes in zip(leaf.shape, spec):
+    axes = (axes,) if isinstance(axes, str) else (axes or ())
+    if dim % int(np.prod([target.mesh.shape[a] for a in axes])):
+      return fallback
+  return target
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  """Everything derived from a config before any array is allocated."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: Callable[[jax.Array], jax.Array]
+  state_shapes: State
+  state_shardings: State
+
+  @property
+  def abstract_state(self) -> State:
+    return abstract_with_shardings(self.state_shapes, self.state_shardings)
+
+
+def make_setup(config: ml_collections.ConfigDict,
+               mesh: jax.sharding.Mesh | None = None) -> TrainSetup:
+  mesh = mesh or sharding.make_mesh(config.mesh)
+  dp = sharding.data_parallel_size(mesh)
+  if config.batch_size % (dp * config.accum_steps):
+    raise ValueError(
+        f'batch_size={config.batch_size} is not divisible by data-parallel '
+        f'size {dp} x accum_steps {config.accum_steps}; choose a multiple of '
+        f'{dp * config.accum_steps}.')
+  model = build_model(config.model, config.num_classes)
+  schedule = optim.make_schedule(
+      total_steps=config.total_steps, **config.schedule)
+  tx = optim.make_optimizer(config.optimizer, schedule)
+  image_shape = (1, config.image_size, config.image_size, 3)
+  boxed = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros(image_shape))['params'])
+  param_shardings = sharding.logical_shardings(
+      mesh, nn.get_partition_spec(boxed), _rules(config))
+  params = nn.unbox(boxed)
+  opt_state = jax.eval_shape(tx.init, params)
+  replicated = sharding.replicated(mesh)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda leaf, target: _fit(leaf, target, replicated), opt_state,
+      param_shardings, transform_non_params=lambda _: replicated)
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  shapes = dict(params=params, opt_state=opt_state, step=scalar,
+                rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+                nonfinite_step=scalar)
+  shardings = dict(params=param_shardings, opt_state=opt_shardings,
+                   step=replicated, rng=replicated, nonfinite_step=replicated)
+  return TrainSetup(config, mesh, model, tx, schedule, shapes, shardings)
+
+
+def init_state(setup: TrainSetup, seed: int) -> State:
+  """A fresh state, created directly in its shardings."""
+  config, model = setup.config, setup.model
+
+  def init(seed):
+    init_rng, train_rng = jax.random.split(jax.random.key(seed))
+    images = jnp.zeros((1, config.image_size, config.image_size, 3))
+    params = nn.unbox(model.init(init_rng, images)['params'])
+    return dict(params=params, opt_state=setup.tx.init(params),
+                step=jnp.zeros((), jnp.int32),
+                rng=jax.random.key_data(train_rng),
+                nonfinite_step=jnp.full((), -1, jnp.int32))
+
+  return jax.jit(init, out_shardings=setup.state_shardings)(seed)
+
+
+def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
+  config, model, tx = setup.config, setup.model, setup.tx
+  rules = _rules(config)
+  accum = config.accum_steps
+
+  def loss_fn(params, images, labels, rng):
+    logits = model.apply({'params': params}, images, train=True,
+                         rngs={'dropout': rng})
+    return classification_loss(logits, labels, kind=config.loss,
+                               label_smoothing=config.label_smoothing)
+
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def train_step(state, batch):
+    with sharding.logical_constraints(setup.mesh, rules):
+      step = state['step']
+      rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), step)
+      params = state['params']
+      if accum == 1:
+        loss, grads = grad_fn(params, batch['images'], batch['labels'], rng)
+      else:
+        # Micro-batch i takes examples i, i+k, ...: every micro-batch stays
+        # spread over all data-parallel devices.
+        def split(x):
+          x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:])
+          return jnp.swapaxes(x, 0, 1)
+        micro = jax.tree.map(split, (batch['images'], batch['labels']))
+
+        def accumulate(carry, inputs):
+          index, (images, labels) = inputs
+          loss, grads = grad_fn(params, images, labels,
+                                jax.random.fold_in(rng, index))
+          return jax.tree.map(jnp.add, carry, (loss, grads)), None
+        zeros = (jnp.zeros((), jnp.float32),
+                 jax.tree.map(jnp.zeros_like, params))
+        (loss, grads), _ = jax.lax.scan(
+            accumulate, zeros, (jnp.arange(accum), micro))
+        loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
+      grad_norm = optax.global_norm(grads)
+      updates, opt_state = tx.update(grads, state['opt_state'], params)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      nonfinite_step = jnp.where(
+          (state['nonfinite_step'] < 0) & ~finite, step,
+          state['nonfinite_step'])
+      new_state = dict(params=optax.apply_updates(params, updates),
+                       opt_state=opt_state, step=step + 1, rng=state['rng'],
+                       nonfinite_step=nonfinite_step)
+      metrics = dict(loss=loss, grad_norm=grad_norm,
+                     learning_rate=setup.schedule(step))
+      return new_state, metrics
+
+  batch_sharding = sharding.batch_sharding(setup.mesh)
+  return jax.jit(
+      train_step, donate_argnums=(0,),
+      in_shardings=(setup.state_shardings, batch_sharding),
+      out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)))
+
+
+def make_eval_step(setup: TrainSetup) -> Callable[[Any, dict], dict]:
+  """Sums of correct predictions and counted examples; a `mask` (padded
+  examples 0) makes every example count exactly once."""
+  model, rules = setup.model, _rules(setup.config)
+
+  def eval_step(params, batch):
+    with sharding.logical_constraints(setup.mesh, rules):
+      logits = model.apply({'params': params}, batch['images'])
+    labels = batch['labels']
+    if labels.ndim > 1:
+      labels = jnp.argmax(labels, -1)
+    mask = batch.get('mask', jnp.ones(labels.shape, jnp.float32))
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return dict(correct=jnp.sum(correct * mask), count=jnp.sum(mask))
+
+  return jax.jit(eval_step, in_shardings=(
+      setup.state_shardings['params'], sharding.batch_sharding(setup.mesh)))
+
+
+def evaluate(eval_step, params, batches: Iterator[dict], mesh) -> float:
+  correct = count = 0.
+  for host_batch in batches:
+    sums = jax.device_get(eval_step(params, sharding.global_batch(host_batch, mesh)))
+    correct += float(sums['correct'])
+    count += float(sums['count'])
+  return correct / max(count, 1.)
+
+
+def _check_finite(state: State) -> None:
+  bad = int(jax.device_get(state['nonfinite_step']))
+  if bad >= 0:
+    raise NonFiniteError(
+        f'loss or gradient norm became NaN/Inf at step {bad}; the run stops '
+        f'without saving, so the last checkpoint is the last good state. '
+        f'Lower the learning rate, raise warmup, or check the input data.')
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | None, *,
+          train_data, eval_data: Callable[[], Iterator[dict]] | None = None,
+          mesh: jax.sharding.Mesh | None = None,
+          log: Callable[[str], None] = print) -> tuple[State, list[dict]]:
+  """Trains to `config.total_steps`, resuming from `workdir` if it holds a
+  checkpoint. `train_data` is an iterator of host batches with
+  get_state/set_state; `eval_data()` yields a fresh pass of eval batches.
+  Returns the final state and the logged metrics."""
+  setup = make_setup(config, mesh)
+  checkpointer = None
+  state = None
+  if workdir is not None:
+    checkpointer = StateCheckpointer(
+        workdir, save_every=config.checkpoint_steps,
+        keep=config.keep_checkpoints, keep_every=config.keep_every,
+        async_save=config.async_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      state, data_state = checkpointer.restore(latest, setup.abstract_state)
+      train_data.set_state(data_state)
+      log(f'resumed from step {latest} in {workdir}')
+  if state is None:
+    state = init_state(setup, config.seed)
+  train_step = make_train_step(setup)
+  eval_step = make_eval_step(setup) if eval_data is not None else None
+  writer = metrics_lib.MetricWriter(workdir)
+  throughput = metrics_lib.Throughput(
+      batch_size=config.batch_size,
+      train_flops_per_image=3 * metrics_lib.vit_forward_flops(
+          config.model, config.image_size, config.num_classes),
+      total_steps=config.total_steps, num_devices=setup.mesh.size)
+  history = []
+  step = int(jax.device_get(state['step']))
+  throughput.update(step)
+  try:
+    while step < config.total_steps:
+      batch = sharding.global_batch(next(train_data), setup.mesh)
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      final = step == config.total_steps
+      if step % config.log_steps == 0 or final:
+        scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        _check_finite(state)
+        scalars.update(throughput.update(step))
+        if eval_step is not None and (step % config.eval_steps == 0 or final):
+          scalars['eval/accuracy'] = evaluate(
+              eval_step, state['params'], eval_data(), setup.mesh)
+          throughput.restart(step)
+        writer.write(step, scalars)
+        history.append({'step': step, **scalars})
+        log(metrics_lib.progress_line(step, config.total_steps, scalars))
+      if checkpointer is not None and checkpointer.should_save(step, final):
+        _check_finite(state)
+        checkpointer.save(step, state, train_data.get_state())
+  finally:
+    if checkpointer is not None:
+      checkpointer.close()
+    writer.close()
+  return state, history
