@@ -85,13 +85,14 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
     try:
+      import tensorboard  # pylint: disable=g-import-not-at-top,unused-import
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       tf.config.set_visible_devices([], 'GPU')
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tb'))
       self._tf = tf
     except ImportError:
-      print('TensorFlow not installed: TensorBoard events disabled; '
-            'metrics still go to metrics.jsonl.')
+      print('TensorFlow or TensorBoard not installed: TensorBoard events '
+            'disabled; metrics still go to metrics.jsonl.')
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.active:

@@ -1,0 +1,73 @@
+"""Runs a tiny training job in its own process (so tests can choose the
+device count, start several hosts, or kill it) and prints a JSON summary.
+
+  python tests/tiny_training.py '{"mesh": {"data": 8}, "steps": 4}' [workdir]
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_config(options):
+  from configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
+  config = get_config('model=Ti/16,dataset=synthetic,batch_size=16')
+  config.image_size = 16
+  config.model.update(patch_size=(4, 4), hidden_size=32, mlp_dim=64,
+                      num_heads=4, num_layers=2, representation_size=None)
+  config.total_steps = options.get('steps', 4)
+  config.schedule.update(base_lr=1e-3, warmup_steps=1, decay_type='cosine')
+  config.optimizer.update(options.get('optimizer', {}))
+  config.mesh.update(options.get('mesh', {}))
+  config.accum_steps = options.get('accum_steps', 1)
+  config.log_steps = 1
+  config.checkpoint_steps = options.get('checkpoint_steps', 1000)
+  config.keep_checkpoints = 2
+  config.keep_every = 0
+  config.async_checkpoints = options.get('async_checkpoints', True)
+  return config
+
+
+def main():
+  options = json.loads(sys.argv[1])
+  workdir = sys.argv[2] if len(sys.argv) > 2 else None
+  import jax  # pylint: disable=g-import-not-at-top
+  if 'process_id' in options:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(
+        coordinator_address=options['coordinator'], num_processes=2,
+        process_id=options['process_id'])
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vit_jax import sharding, trainer  # pylint: disable=g-import-not-at-top
+  from vit_jax.data.synthetic import BatchIterator, SyntheticSource  # pylint: disable=g-import-not-at-top
+  config = tiny_config(options)
+  source = SyntheticSource(num_classes=10, image_size=16, batch_size=16,
+                           process_index=jax.process_index(),
+                           process_count=jax.process_count())
+  state, history = trainer.train(config, workdir,
+                                 train_data=BatchIterator(source),
+                                 log=lambda line: print(line, flush=True))
+  params = jax.tree.map(
+      lambda x: np.asarray(jax.experimental.multihost_utils.process_allgather(
+          x, tiled=True)), state['params'])
+  leaves = jax.tree.leaves(params)
+  digest = hashlib.sha256(b''.join(l.tobytes() for l in leaves)).hexdigest()
+  held = sharding.bytes_per_device((state['params'], state['opt_state']))
+  summary = dict(
+      losses=[h['loss'] for h in history], steps=[h['step'] for h in history],
+      digest=digest, params_flat=[float(v) for l in leaves for v in l.ravel()[:64]],
+      total_bytes=sum(l.nbytes for l in jax.tree.leaves(
+          (state['params'], state['opt_state']))),
+      max_bytes_per_device=max(held.values()),
+      num_devices=jax.device_count())
+  if jax.process_index() == 0:
+    np.savez(os.path.join(workdir or '.', 'final_params.npz') if workdir else os.devnull,
+             *leaves)
+    print('SUMMARY ' + json.dumps(summary), flush=True)
+
+
+if __name__ == '__main__':
+  main()

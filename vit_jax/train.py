@@ -1,0 +1,97 @@
+"""Pre-training entry point.
+
+  python -m vit_jax.train --config configs/pretrain.py:model=B/16,dataset=imagenet21k \
+      --workdir gs://bucket/run [--config.batch_size=1024 ...]
+
+Rerunning the same command resumes from the newest checkpoint in --workdir.
+Multi-host: on TPU VMs and under SLURM `jax.distributed` configures itself
+(--distributed=auto); elsewhere pass --coordinator_address, --num_processes
+and --process_id to every process.
+"""
+
+import os
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from vit_jax import trainer
+from vit_jax.data.synthetic import BatchIterator, SyntheticSource
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, optionally with an argument string: '
+    'configs/pretrain.py:model=B/16,dataset=imagenet2012.', lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Directory (local or gs://) for checkpoints and logs.')
+_DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'auto', ['auto', 'on', 'off'],
+    'Call jax.distributed.initialize: auto = when a cluster is detected or a '
+    'coordinator address is given.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0 (multi-host only).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Process count.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
+
+# Environment variables that mean "this is one process of a cluster" for
+# jax.distributed's own auto-detection.
+_CLUSTER_ENV = ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
+                'OMPI_COMM_WORLD_SIZE', 'JAX_COORDINATOR_ADDRESS')
+
+
+def initialize_distributed() -> None:
+  explicit = _COORDINATOR.value is not None
+  wanted = _DISTRIBUTED.value == 'on' or (
+      _DISTRIBUTED.value == 'auto' and
+      (explicit or any(os.environ.get(k) for k in _CLUSTER_ENV)))
+  if not wanted:
+    return
+  kwargs = {}
+  if explicit:
+    kwargs = dict(coordinator_address=_COORDINATOR.value,
+                  num_processes=_NUM_PROCESSES.value,
+                  process_id=_PROCESS_ID.value)
+  # CPU-only clusters (tests, debugging) need a cross-process collective
+  # backend; accelerators ignore this setting.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(**kwargs)
+
+
+def make_data(config):
+  """Train iterator and eval pass factory for `config.dataset`."""
+  if config.dataset != 'synthetic':
+    raise ValueError(
+        f'dataset {config.dataset!r} has no input pipeline in this version; '
+        f'use dataset=synthetic.')
+  common = dict(num_classes=config.num_classes, image_size=config.image_size,
+                process_index=jax.process_index(),
+                process_count=jax.process_count())
+  train = SyntheticSource(batch_size=config.batch_size, seed=config.seed,
+                          **common)
+  evaluation = SyntheticSource(batch_size=config.eval_batch_size,
+                               seed=config.seed, **common)
+  # Eval batches come from the far end of the same stream: unseen examples
+  # of the same classes.
+  first_eval = 10**9
+  return BatchIterator(train), lambda: (
+      evaluation.batch(first_eval + i) for i in range(config.eval_batches))
+
+
+def main(argv):
+  del argv
+  # Orbax logs every save step at INFO; progress lines are printed instead.
+  logging.set_verbosity(logging.WARNING)
+  initialize_distributed()
+  config = _CONFIG.value
+  if jax.process_index() == 0:
+    print(f'{jax.process_count()} processes, {jax.device_count()} devices '
+          f'({jax.devices()[0].device_kind}); model {config.model.name}, '
+          f'dataset {config.dataset}, batch {config.batch_size}')
+  train_data, eval_data = make_data(config)
+  log = print if jax.process_index() == 0 else (lambda _: None)
+  trainer.train(config, _WORKDIR.value, train_data=train_data,
+                eval_data=eval_data, log=log)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
