@@ -116,3 +116,16 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   assert resumed['digest'] == straight['digest']
   np.testing.assert_array_equal(resumed['losses'],
                                 straight['losses'][-len(resumed['losses']):])
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+  options = {'optimizer': SGD, 'schedule': {'decay_type': 'constant'},
+             'checkpoint_steps': 2}
+  straight = run(dict(options, steps=4), devices=1)
+  run(dict(options, steps=2, mesh={'data': 8}), tmp_path, devices=8)
+  resumed = run(dict(options, steps=4, mesh={'data': 2, 'fsdp': 2, 'tensor': 2}),
+                tmp_path, devices=8)
+  assert resumed['steps'] == [3, 4]
+  np.testing.assert_allclose(resumed['losses'], straight['losses'][2:], atol=1e-5)
+  np.testing.assert_allclose(resumed['params_flat'], straight['params_flat'],
+                             atol=1e-5)

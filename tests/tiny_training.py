@@ -20,6 +20,7 @@ def tiny_config(options):
                       num_heads=4, num_layers=2, representation_size=None)
   config.total_steps = options.get('steps', 4)
   config.schedule.update(base_lr=1e-3, warmup_steps=1, decay_type='cosine')
+  config.schedule.update(options.get('schedule', {}))
   config.optimizer.update(options.get('optimizer', {}))
   config.mesh.update(options.get('mesh', {}))
   config.accum_steps = options.get('accum_steps', 1)

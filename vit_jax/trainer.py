@@ -24,6 +24,7 @@ from vit_jax.models import build_model
 from vit_jax.train_checkpoints import StateCheckpointer, abstract_with_shardings
 
 State = dict[str, Any]
+_global_norm = optax.tree.norm if hasattr(optax, 'tree') else optax.global_norm
 LOSSES = ('softmax_xent', 'sigmoid_xent')
 
 
@@ -168,7 +169,7 @@ def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
         (loss, grads), _ = jax.lax.scan(
             accumulate, zeros, (jnp.arange(accum), micro))
         loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
-      grad_norm = optax.global_norm(grads)
+      grad_norm = _global_norm(grads)
       updates, opt_state = tx.update(grads, state['opt_state'], params)
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
       nonfinite_step = jnp.where(

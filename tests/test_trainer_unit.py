@@ -1,0 +1,104 @@
+"""Config parsing, losses, schedules, weight-decay masks, divergence stop."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import pretrain
+from tiny_training import tiny_config
+from vit_jax import optim, trainer
+from vit_jax.data.synthetic import BatchIterator, SyntheticSource
+from vit_jax.sharding import resolve_mesh_shape
+
+
+def test_pretrain_config_defaults_follow_the_paper():
+  config = pretrain.get_config('model=L/16,dataset=imagenet21k')
+  assert config.num_classes == 21843
+  assert config.batch_size == 4096
+  assert config.schedule.base_lr == 8e-4
+  assert config.schedule.warmup_steps == 10_000
+  assert config.optimizer.name == 'adam' and config.optimizer.grad_clip_norm == 1.0
+  assert config.optimizer.weight_decay == 0.03
+  assert config.model.representation_size == 1024
+  assert config.model.head_bias_init == -10.0
+  assert config.loss == 'sigmoid_xent'
+  assert config.total_steps == 90 * 13_151_276 // 4096
+
+
+def test_bad_config_arguments_are_named():
+  with pytest.raises(ValueError, match=r"bad config argument 'modle=B/16'"):
+    pretrain.get_config('modle=B/16')
+  with pytest.raises(ValueError, match=r"unknown dataset 'imagenet'"):
+    pretrain.get_config('dataset=imagenet')
+
+
+def test_mesh_shape_resolution_and_errors():
+  assert resolve_mesh_shape({'data': -1, 'fsdp': 2, 'tensor': 1}, 8) == (4, 2, 1)
+  with pytest.raises(ValueError, match=r'has 4 devices but 8 are available'):
+    resolve_mesh_shape({'data': 2, 'fsdp': 2}, 8)
+  with pytest.raises(ValueError, match=r'divisible by 3, but there are 8'):
+    resolve_mesh_shape({'data': -1, 'tensor': 3}, 8)
+  with pytest.raises(ValueError, match=r"unknown mesh axes \['model'\]"):
+    resolve_mesh_shape({'model': 2}, 8)
+
+
+def test_schedule_warmup_then_decay():
+  cosine = optim.make_schedule(base_lr=1.0, total_steps=110, warmup_steps=10)
+  np.testing.assert_allclose([cosine(0), cosine(5), cosine(10), cosine(60), cosine(110)],
+                             [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+  linear = optim.make_schedule(base_lr=1.0, total_steps=110, warmup_steps=10,
+                               decay_type='linear', end_lr=0.1)
+  np.testing.assert_allclose([linear(60), linear(110)], [0.55, 0.1], atol=1e-6)
+
+
+def test_weight_decay_mask_skips_biases_norms_posemb_and_cls():
+  params = {'cls': 0, 'embedding': {'kernel': 0, 'bias': 0},
+            'Transformer': {'posembed_input': {'pos_embedding': 0},
+                            'encoder_norm': {'scale': 0, 'bias': 0}},
+            'head': {'kernel': 0}}
+  mask = optim.decay_mask(params, optim.DEFAULT_NO_DECAY)
+  assert mask == {'cls': False, 'embedding': {'kernel': True, 'bias': False},
+                  'Transformer': {'posembed_input': {'pos_embedding': False},
+                                  'encoder_norm': {'scale': False, 'bias': False}},
+                  'head': {'kernel': True}}
+
+
+def test_losses():
+  logits = jnp.array([[2.0, 0.0, -1.0]])
+  softmax = trainer.classification_loss(logits, jnp.array([0]), kind='softmax_xent')
+  expected = -np.log(np.exp(2) / (np.exp(2) + 1 + np.exp(-1)))
+  np.testing.assert_allclose(softmax, expected, rtol=1e-6)
+  sigmoid = trainer.classification_loss(logits, jnp.array([[1., 0., 0.]]),
+                                        kind='sigmoid_xent')
+  np.testing.assert_allclose(
+      sigmoid, np.log1p(np.exp(-2)) + np.log1p(np.exp(0)) + np.log1p(np.exp(-1)),
+      rtol=1e-6)
+  smoothed = trainer.classification_loss(logits, jnp.array([0]),
+                                         kind='softmax_xent', label_smoothing=0.3)
+  log_probs = logits[0] - jnp.log(jnp.sum(jnp.exp(logits[0])))
+  np.testing.assert_allclose(
+      smoothed, -(0.8 * log_probs[0] + 0.1 * log_probs[1] + 0.1 * log_probs[2]),
+      rtol=1e-6)
+
+
+def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):
+  config = tiny_config({'steps': 8, 'checkpoint_steps': 2,
+                        'async_checkpoints': False,
+                        'optimizer': {'name': 'sgd', 'weight_decay': 0.0,
+                                      'grad_clip_norm': 0.0}})
+  config.schedule.update(base_lr=1e12, warmup_steps=0, decay_type='constant')
+  source = SyntheticSource(num_classes=10, image_size=16, batch_size=16)
+  with pytest.raises(trainer.NonFiniteError, match=r'NaN/Inf at step \d') as error:
+    trainer.train(config, str(tmp_path), train_data=BatchIterator(source),
+                  log=lambda _: None)
+  bad_step = int(str(error.value).split('at step ')[1].split(';')[0])
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  assert all(step <= bad_step for step in saved)
+
+
+def test_batch_not_divisible_by_data_parallel_size():
+  config = tiny_config({'accum_steps': 3})
+  with pytest.raises(ValueError, match=r'batch_size=16 is not divisible by '
+                     r'data-parallel size 1 x accum_steps 3'):
+    trainer.make_setup(config)
