@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), 'tiny_training.py')
 

@@ -65,8 +65,6 @@ def main():
       max_bytes_per_device=max(held.values()),
       num_devices=jax.device_count())
   if jax.process_index() == 0:
-    np.savez(os.path.join(workdir or '.', 'final_params.npz') if workdir else os.devnull,
-             *leaves)
     print('SUMMARY ' + json.dumps(summary), flush=True)
 
 

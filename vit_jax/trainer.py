@@ -8,8 +8,7 @@ and JAX's partitionable threefry makes them independent of the mesh.
 """
 
 import dataclasses
-import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
