@@ -11,13 +11,18 @@ import ml_collections
 from configs.models import get_model_config
 from vit_jax.sharding import DEFAULT_RULES
 
-# name: (classes, train examples) for sizing schedules in epochs.
+# name: (classes, train examples, train split, eval split). The example
+# count sizes schedules given in epochs. ImageNet-21k is not in public TFDS:
+# prepare it yourself (README) and point dataset= at it with --config.dataset.
 DATASETS = {
-    'imagenet2012': (1000, 1_281_167),
-    'imagenet21k': (21843, 13_151_276),
-    'cifar10': (10, 50_000),
-    'cifar100': (100, 50_000),
-    'synthetic': (10, 100_000),
+    'imagenet2012': (1000, 1_281_167, 'train', 'validation'),
+    'imagenet21k': (21843, 13_151_276, 'train', None),
+    'cifar10': (10, 50_000, 'train', 'test'),
+    'cifar100': (100, 50_000, 'train', 'test'),
+    'oxford_iiit_pet': (37, 3_680, 'train', 'test'),
+    'oxford_flowers102': (102, 2_040, 'train+validation', 'test'),
+    'digits': (10, 1_437, 'train', 'test'),
+    'synthetic': (10, 100_000, None, None),
 }
 EPOCHS = {'imagenet2012': 300, 'imagenet21k': 90}
 # Peak learning rates of the paper (B and smaller 1e-3; L 8e-4; H 4e-4).
@@ -41,12 +46,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args['dataset'] not in DATASETS:
     raise ValueError(f'unknown dataset {args["dataset"]!r}; expected one of '
                      f'{sorted(DATASETS)}.')
-  num_classes, train_examples = DATASETS[args['dataset']]
+  num_classes, train_examples, train_split, eval_split = DATASETS[args['dataset']]
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # A TFDS name, 'digits' (bundled), 'folder:PATH', 'tfds_dir:PATH' or
+  # 'synthetic'; see vit_jax/data/sources.py.
   config.dataset = args['dataset']
+  config.data_dir = ml_collections.FieldReference(None, field_type=str)
   config.num_classes = num_classes
   config.image_size = 224
+  config.train_split = ml_collections.FieldReference(train_split, field_type=str)
+  config.eval_split = ml_collections.FieldReference(eval_split, field_type=str)
+  config.real_eval = config.dataset == 'imagenet2012'  # ReaL labels, if prepared
+  # Op strings (vit_jax/data/ops.py); pixels end in [-1, 1]. {image_size}
+  # and {resize_size} (image_size * 8/7) are filled in from the config.
+  config.pp_train = 'decode_inception_crop({image_size})|flip_lr'
+  config.pp_eval = 'decode|resize_small({resize_size})|central_crop({image_size})'
+  config.shuffle_buffer = 250_000
+  config.cache_raw = False   # keep encoded examples in host memory
+  config.cache_eval = False  # keep preprocessed eval batches in host memory
+  config.on_corrupt = 'stop'  # or 'skip' (counted as data/skipped_images)
   config.batch_size = int(args['batch_size'])
   config.eval_batch_size = min(config.batch_size, 1024)
   epochs = EPOCHS.get(config.dataset, 100)

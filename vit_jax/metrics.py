@@ -145,8 +145,12 @@ class Throughput:
 
 def progress_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
   parts = [f'step {step}/{total}']
-  for key in ('loss', 'grad_norm', 'learning_rate', 'img_per_sec',
-              'img_per_sec_per_device', 'mfu', 'eta_hours', 'eval/accuracy'):
+  keys = ['loss', 'grad_norm', 'learning_rate', 'img_per_sec',
+          'img_per_sec_per_device', 'mfu', 'eta_hours']
+  keys += sorted(k for k in scalars if k.startswith('eval/'))
+  if scalars.get('data/skipped_images'):
+    keys.append('data/skipped_images')
+  for key in keys:
     if key in scalars and math.isfinite(scalars[key]):
       value = scalars[key]
       parts.append(f'{key} {value:.4g}' if key != 'mfu' else f'mfu {100 * value:.1f}%')

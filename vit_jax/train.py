@@ -16,7 +16,7 @@ import jax
 from ml_collections import config_flags
 
 from vit_jax import trainer
-from vit_jax.data.synthetic import BatchIterator, SyntheticSource
+from vit_jax.data.inputs import make_inputs
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, optionally with an argument string: '
@@ -56,26 +56,6 @@ def initialize_distributed() -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def make_data(config):
-  """Train iterator and eval pass factory for `config.dataset`."""
-  if config.dataset != 'synthetic':
-    raise ValueError(
-        f'dataset {config.dataset!r} has no input pipeline in this version; '
-        f'use dataset=synthetic.')
-  common = dict(num_classes=config.num_classes, image_size=config.image_size,
-                process_index=jax.process_index(),
-                process_count=jax.process_count())
-  train = SyntheticSource(batch_size=config.batch_size, seed=config.seed,
-                          **common)
-  evaluation = SyntheticSource(batch_size=config.eval_batch_size,
-                               seed=config.seed, **common)
-  # Eval batches come from the far end of the same stream: unseen examples
-  # of the same classes.
-  first_eval = 10**9
-  return BatchIterator(train), lambda: (
-      evaluation.batch(first_eval + i) for i in range(config.eval_batches))
-
-
 def main(argv):
   del argv
   # Orbax logs every save step at INFO; progress lines are printed instead.
@@ -86,7 +66,7 @@ def main(argv):
     print(f'{jax.process_count()} processes, {jax.device_count()} devices '
           f'({jax.devices()[0].device_kind}); model {config.model.name}, '
           f'dataset {config.dataset}, batch {config.batch_size}')
-  train_data, eval_data = make_data(config)
+  train_data, eval_data = make_inputs(config)
   log = print if jax.process_index() == 0 else (lambda _: None)
   trainer.train(config, _WORKDIR.value, train_data=train_data,
                 eval_data=eval_data, log=log)

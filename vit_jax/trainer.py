@@ -197,10 +197,16 @@ def make_eval_step(setup: TrainSetup) -> Callable[[Any, dict], dict]:
     with sharding.logical_constraints(setup.mesh, rules):
       logits = model.apply({'params': params}, batch['images'])
     labels = batch['labels']
-    if labels.ndim > 1:
-      labels = jnp.argmax(labels, -1)
-    mask = batch.get('mask', jnp.ones(labels.shape, jnp.float32))
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    mask = batch.get('mask', jnp.ones(labels.shape[:1], jnp.float32))
+    predicted = jnp.argmax(logits, -1)
+    if labels.ndim == 1:
+      correct = (predicted == labels).astype(jnp.float32)
+    else:
+      # Multi-hot (ReaL) or mixed labels: top-1 is right if it is among the
+      # positive classes; examples with no positive class do not count.
+      correct = (jnp.take_along_axis(labels, predicted[:, None], -1)[:, 0] > 0
+                 ).astype(jnp.float32)
+      mask = mask * (jnp.max(labels, -1) > 0)
     return dict(correct=jnp.sum(correct * mask), count=jnp.sum(mask))
 
   return jax.jit(eval_step, in_shardings=(
@@ -226,13 +232,15 @@ def _check_finite(state: State) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | None, *,
-          train_data, eval_data: Callable[[], Iterator[dict]] | None = None,
+          train_data, eval_data: dict[str, Callable[[], Iterator[dict]]] | None = None,
           mesh: jax.sharding.Mesh | None = None,
           log: Callable[[str], None] = print) -> tuple[State, list[dict]]:
   """Trains to `config.total_steps`, resuming from `workdir` if it holds a
   checkpoint. `train_data` is an iterator of host batches with
-  get_state/set_state; `eval_data()` yields a fresh pass of eval batches.
-  Returns the final state and the logged metrics."""
+  get_state/set_state (and optionally metrics()); `eval_data[name]()` yields
+  a fresh pass of eval batches, logged as eval/<name>. Returns the final
+  state and the logged metrics."""
+  eval_data = eval_data or {}
   setup = make_setup(config, mesh)
   checkpointer = None
   state = None
@@ -249,7 +257,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
   if state is None:
     state = init_state(setup, config.seed)
   train_step = make_train_step(setup)
-  eval_step = make_eval_step(setup) if eval_data is not None else None
+  eval_step = make_eval_step(setup) if eval_data else None
   writer = metrics_lib.MetricWriter(workdir)
   throughput = metrics_lib.Throughput(
       batch_size=config.batch_size,
@@ -269,9 +277,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
         scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         _check_finite(state)
         scalars.update(throughput.update(step))
+        if hasattr(train_data, 'metrics'):
+          scalars.update(train_data.metrics())
         if eval_step is not None and (step % config.eval_steps == 0 or final):
-          scalars['eval/accuracy'] = evaluate(
-              eval_step, state['params'], eval_data(), setup.mesh)
+          for name, batches in eval_data.items():
+            scalars[f'eval/{name}'] = evaluate(
+                eval_step, state['params'], batches(), setup.mesh)
           throughput.restart(step)
         writer.write(step, scalars)
         history.append({'step': step, **scalars})

@@ -1,0 +1,72 @@
+"""Train iterator and eval passes for a config.
+
+TensorFlow is imported only for real datasets: the synthetic source (and so
+the benchmark and the trainer's tests) runs without it.
+"""
+
+import logging
+from typing import Callable, Iterator
+
+import jax
+
+from vit_jax.data.synthetic import BatchIterator, SyntheticSource
+
+EvalData = dict[str, Callable[[], Iterator[dict]]]
+
+
+def _synthetic(config) -> tuple[BatchIterator, EvalData]:
+  common = dict(num_classes=config.num_classes, image_size=config.image_size,
+                process_index=jax.process_index(),
+                process_count=jax.process_count())
+  train = SyntheticSource(batch_size=config.batch_size, seed=config.seed,
+                          **common)
+  evaluation = SyntheticSource(batch_size=config.eval_batch_size,
+                               seed=config.seed, **common)
+  # Eval batches come from the far end of the same stream: unseen examples
+  # of the same classes.
+  first_eval = 10**9
+  return BatchIterator(train), {'accuracy': lambda: (
+      evaluation.batch(first_eval + i) for i in range(config.eval_batches))}
+
+
+def make_inputs(config) -> tuple[object, EvalData]:
+  """(train iterator, {metric name: eval pass factory}) for config.dataset."""
+  if config.dataset == 'synthetic':
+    return _synthetic(config)
+  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import pipeline, sources
+  process = dict(process_index=jax.process_index(),
+                 process_count=jax.process_count())
+  source = sources.make_source(config.dataset, config.data_dir)
+  # Op strings may say {image_size} and {resize_size} (the eval resize
+  # before a central crop: 256 for 224, as in the ImageNet convention).
+  sizes = dict(image_size=config.image_size,
+               resize_size=config.image_size * 8 // 7)
+  pp_train, pp_eval = (config.pp_train.format(**sizes),
+                       config.pp_eval.format(**sizes))
+  if source.num_classes != config.num_classes:
+    raise ValueError(
+        f'dataset {config.dataset!r} has {source.num_classes} classes but '
+        f'config.num_classes={config.num_classes}; set --config.num_classes='
+        f'{source.num_classes}.')
+  train = pipeline.TrainIterator(
+      source, config.train_split, pp=pp_train,
+      batch_size=config.batch_size, seed=config.seed,
+      shuffle_buffer=config.shuffle_buffer, cache_raw=config.cache_raw,
+      on_corrupt=config.on_corrupt, num_classes=config.num_classes, **process)
+  evals = {}
+  eval_common = dict(pp=pp_eval, batch_size=config.eval_batch_size,
+                     on_corrupt=config.on_corrupt, cache=config.cache_eval,
+                     **process)
+  if config.eval_split:
+    evals['accuracy'] = pipeline.eval_batches(source, config.eval_split,
+                                              **eval_common)
+  if config.get('real_eval'):
+    try:
+      real = sources.TfdsSource('imagenet2012_real', config.data_dir,
+                                label_key='real_label')
+      evals['real_accuracy'] = pipeline.eval_batches(real, 'validation',
+                                                     **eval_common)
+    except sources.DatasetNotFoundError as e:
+      logging.warning('skipping the ImageNet ReaL evaluation: %s', e)
+  return train, evals

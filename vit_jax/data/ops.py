@@ -1,0 +1,278 @@
+"""Preprocessing ops selected by an op string.
+
+  'decode_inception_crop(224)|flip_lr|randaug(2,15)|mixup(0.2)'
+
+Per-example ops work on {'image': ..., 'label': ...} dicts with uint8 images
+(encoded bytes before a decode op) and take a per-example stateless seed, so
+an example's augmentation depends only on (seed, its position in the stream):
+a resumed run sees exactly the pixels an uninterrupted one would. Images
+leave the per-example ops as float32 in [-1, 1] (an explicit `value_range`
+or, if absent, one added at the end). Batch ops (mixup, cutmix) come last
+and act on whole batches of float images and one-hot labels.
+"""
+
+import ast
+from typing import Callable
+
+import tensorflow as tf
+
+from vit_jax.data import randaugment
+
+ExampleOp = Callable[[dict, tf.Tensor], dict]
+BatchOp = Callable[[dict, tf.Tensor], dict]
+_EXAMPLE_OPS: dict[str, Callable[..., ExampleOp]] = {}
+_BATCH_OPS: dict[str, Callable[..., BatchOp]] = {}
+
+
+def _example_op(fn):
+  _EXAMPLE_OPS[fn.__name__] = fn
+  return fn
+
+
+def _batch_op(fn):
+  _BATCH_OPS[fn.__name__] = fn
+  return fn
+
+
+def _hw(size) -> tuple[int, int]:
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _on_image(transform):
+  """An op that maps only the image."""
+  def op(example, seed):
+    return {**example, 'image': transform(example['image'], seed)}
+  return op
+
+
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _decode_full(data: tf.Tensor) -> tf.Tensor:
+  if data.dtype != tf.string:  # an in-memory source with decoded pixels
+    return data
+  image = tf.io.decode_image(data, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _crop_box(shape, seed, area_min, area_max):
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, tf.zeros([0, 0, 4], tf.float32), seed=seed,
+      area_range=(area_min / 100, area_max / 100),
+      aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0.0,
+      use_image_if_no_bounding_boxes=True, max_attempts=10)
+  return begin, size
+
+
+@_example_op
+def decode():
+  return _on_image(lambda data, seed: _decode_full(data))
+
+
+@_example_op
+def inception_crop(size, area_min=5, area_max=100):
+  """Random crop of 5-100% of the area, aspect 3/4-4/3, resized to `size`."""
+  def crop(image, seed):
+    image = _decode_full(image)
+    begin, box = _crop_box(tf.shape(image), seed, area_min, area_max)
+    crop = tf.slice(image, begin, box)
+    return _to_uint8(tf.image.resize(crop, _hw(size)))
+  return _on_image(crop)
+
+
+@_example_op
+def decode_inception_crop(size, area_min=5, area_max=100):
+  """inception_crop that decodes only the cropped window of a JPEG: the
+  costliest op of ImageNet training made cheaper. Other formats decode fully."""
+  def crop(data, seed):
+    if data.dtype != tf.string:
+      return inception_crop(size, area_min, area_max)({'image': data}, seed)['image']
+
+    def jpeg():
+      begin, box = _crop_box(tf.image.extract_jpeg_shape(data), seed,
+                             area_min, area_max)
+      window = tf.stack([begin[0], begin[1], box[0], box[1]])
+      return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+    def other():
+      image = _decode_full(data)
+      begin, box = _crop_box(tf.shape(image), seed, area_min, area_max)
+      return tf.slice(image, begin, box)
+
+    cropped = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    return _to_uint8(tf.image.resize(cropped, _hw(size)))
+  return _on_image(crop)
+
+
+@_example_op
+def resize(size, method='bilinear'):
+  return _on_image(lambda image, seed: _to_uint8(
+      tf.image.resize(_decode_full(image), _hw(size), method=method)))
+
+
+@_example_op
+def resize_small(size, method='bilinear'):
+  """Resizes so that the shorter side is `size`, keeping the aspect ratio."""
+  def op(image, seed):
+    image = _decode_full(image)
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    scale = tf.cast(size, tf.float32) / tf.cast(tf.minimum(h, w), tf.float32)
+    new = tf.cast(tf.round(tf.cast(tf.stack([h, w]), tf.float32) * scale), tf.int32)
+    return _to_uint8(tf.image.resize(image, tf.maximum(new, size), method=method))
+  return _on_image(op)
+
+
+@_example_op
+def central_crop(size):
+  def op(image, seed):
+    image = _decode_full(image)
+    ch, cw = _hw(size)
+    top = (tf.shape(image)[0] - ch) // 2
+    left = (tf.shape(image)[1] - cw) // 2
+    return tf.image.crop_to_bounding_box(image, top, left, ch, cw)
+  return _on_image(op)
+
+
+@_example_op
+def random_crop(size):
+  def op(image, seed):
+    image = _decode_full(image)
+    return tf.image.stateless_random_crop(image, (*_hw(size), 3), seed=seed)
+  return _on_image(op)
+
+
+@_example_op
+def pad(pixels, value=0):
+  """Pads every side (e.g. before random_crop, for small translations)."""
+  def op(image, seed):
+    paddings = [[pixels, pixels], [pixels, pixels], [0, 0]]
+    return tf.pad(_decode_full(image), paddings, constant_values=value)
+  return _on_image(op)
+
+
+@_example_op
+def flip_lr():
+  return _on_image(lambda image, seed: tf.image.stateless_random_flip_left_right(
+      _decode_full(image), seed))
+
+
+@_example_op
+def randaug(num_layers=2, magnitude=10):
+  """RandAugment: `num_layers` ops drawn uniformly, each at `magnitude` of 10."""
+  return _on_image(lambda image, seed: randaugment.randaugment(
+      _decode_full(image), seed, num_layers=num_layers, magnitude=magnitude))
+
+
+@_example_op
+def value_range(low=-1.0, high=1.0):
+  def op(image, seed):
+    image = tf.cast(_decode_full(image), tf.float32) / 255.0
+    return image * (high - low) + low
+  return _on_image(op)
+
+
+def _mix_labels(labels, lam):
+  return lam * labels + (1 - lam) * tf.roll(labels, 1, axis=0)
+
+
+def _beta(seed, alpha):
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  a = tf.random.stateless_gamma([], seeds[0], alpha)
+  b = tf.random.stateless_gamma([], seeds[1], alpha)
+  return a / (a + b)
+
+
+@_batch_op
+def mixup(alpha=0.2):
+  """Each example blended with its neighbour in the batch, weight ~ Beta."""
+  def op(batch, seed):
+    lam = _beta(seed, alpha)
+    images = lam * batch['image'] + (1 - lam) * tf.roll(batch['image'], 1, 0)
+    return {**batch, 'image': images, 'label': _mix_labels(batch['label'], lam)}
+  return op
+
+
+@_batch_op
+def cutmix(alpha=1.0):
+  """A box from the neighbouring example pasted in; labels by area."""
+  def op(batch, seed):
+    box_seed, lam_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    lam = _beta(lam_seed, alpha)
+    shape = tf.shape(batch['image'])
+    h, w = shape[1], shape[2]
+    ratio = tf.sqrt(1 - lam)
+    bh = tf.cast(tf.cast(h, tf.float32) * ratio, tf.int32)
+    bw = tf.cast(tf.cast(w, tf.float32) * ratio, tf.int32)
+    center = tf.random.stateless_uniform([2], box_seed, 0, 1)
+    cy = tf.cast(center[0] * tf.cast(h, tf.float32), tf.int32)
+    cx = tf.cast(center[1] * tf.cast(w, tf.float32), tf.int32)
+    top, bottom = tf.maximum(cy - bh // 2, 0), tf.minimum(cy + bh // 2, h)
+    left, right = tf.maximum(cx - bw // 2, 0), tf.minimum(cx + bw // 2, w)
+    rows = tf.range(h)[:, None]
+    cols = tf.range(w)[None, :]
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    inside = tf.cast(inside, tf.float32)[None, :, :, None]
+    images = (1 - inside) * batch['image'] + inside * tf.roll(batch['image'], 1, 0)
+    kept = 1 - tf.reduce_mean(inside)
+    return {**batch, 'image': images, 'label': _mix_labels(batch['label'], kept)}
+  return op
+
+
+def _parse(spec: str) -> tuple[str, tuple]:
+  spec = spec.strip()
+  name, paren, rest = spec.partition('(')
+  if not paren:
+    return name, ()
+  if not rest.endswith(')'):
+    raise ValueError(f'bad op {spec!r}: expected name(arg, ...).')
+  try:
+    args = ast.literal_eval(f'({rest[:-1]},)') if rest[:-1].strip() else ()
+  except (ValueError, SyntaxError) as e:
+    raise ValueError(f'bad arguments in op {spec!r}: {e}; arguments must be '
+                     f'Python literals, e.g. resize(224).') from None
+  return name, args
+
+
+class Preprocess:
+  """A parsed op string: `example_fn(example, seed)` and `batch_fn(batch,
+  seed)` (None without batch ops). `needs_onehot` says if labels must be
+  one-hot before batching (batch ops mix labels)."""
+
+  def __init__(self, spec: str):
+    self.spec = spec
+    self.example_ops: list[ExampleOp] = []
+    self.batch_ops: list[BatchOp] = []
+    has_range = False
+    for item in filter(None, (s.strip() for s in spec.split('|'))):
+      name, args = _parse(item)
+      if name in _BATCH_OPS:
+        self.batch_ops.append(_BATCH_OPS[name](*args))
+      elif name in _EXAMPLE_OPS:
+        if self.batch_ops:
+          raise ValueError(f'op {item!r} follows a batch op in {spec!r}; '
+                           f'put {sorted(_BATCH_OPS)} last.')
+        self.example_ops.append(_EXAMPLE_OPS[name](*args))
+        has_range |= name == 'value_range'
+      else:
+        raise ValueError(f'unknown op {name!r} in {spec!r}; known ops: '
+                         f'{sorted(_EXAMPLE_OPS) + sorted(_BATCH_OPS)}.')
+    if not has_range:
+      self.example_ops.append(value_range())
+    self.needs_onehot = bool(self.batch_ops)
+
+  def example_fn(self, example: dict, seed: tf.Tensor) -> dict:
+    for i, op in enumerate(self.example_ops):
+      example = op(example, tf.random.experimental.stateless_fold_in(seed, i))
+    return example
+
+  def batch_fn(self, batch: dict, seed: tf.Tensor) -> dict:
+    """With several batch ops, each batch uses one, chosen at random."""
+    if len(self.batch_ops) == 1:
+      return self.batch_ops[0](batch, seed)
+    choice_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    choice = tf.random.stateless_uniform([], choice_seed, 0, len(self.batch_ops),
+                                         dtype=tf.int32)
+    return tf.switch_case(choice, [lambda op=op: op(batch, op_seed)
+                                   for op in self.batch_ops])

@@ -1,0 +1,221 @@
+"""tf.data pipelines from a source to host batches for the trainer.
+
+Training: this process's examples, reshuffled every epoch with a seed of
+(seed, epoch), numbered by their position in the endless stream; each
+example is augmented with a seed of (seed, process, position), so the stream
+of pixels is a pure function of the config. The saveable state is the
+stream position, and a resumed iterator skips to it before any decoding.
+
+Evaluation: every example exactly once on any number of processes. Each
+process pads its part to the same number of full batches and marks padding
+with mask 0.
+"""
+
+import logging
+from typing import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from vit_jax.data.ops import Preprocess
+
+ON_CORRUPT = ('stop', 'skip')
+_AUTOTUNE = tf.data.AUTOTUNE
+
+
+class CorruptImageError(ValueError):
+  """An image could not be decoded or preprocessed."""
+
+
+def _model_batch(batch: dict) -> dict:
+  out = {'images': batch['image'], 'labels': batch['label']}
+  if 'mask' in batch:
+    out['mask'] = batch['mask']
+  return out
+
+
+def _example_seed(seed: int, process_index: int, position):
+  return tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, process_index], tf.int64), position)
+
+
+def _check_on_corrupt(on_corrupt):
+  if on_corrupt not in ON_CORRUPT:
+    raise ValueError(f'on_corrupt={on_corrupt!r}; expected one of {ON_CORRUPT}.')
+
+
+def _allgather_sum(values: np.ndarray) -> np.ndarray:
+  """Per-process integer vectors -> stacked (processes, n) on every host."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return values[None]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(values))
+
+
+class TrainIterator:
+  """Endless host batches {'images', 'labels'} with a saveable position."""
+
+  def __init__(self, source, split: str, *, pp: str, batch_size: int,
+               seed: int = 0, shuffle_buffer: int = 250_000,
+               cache_raw: bool = False, on_corrupt: str = 'stop',
+               num_classes: int | None = None, process_index: int = 0,
+               process_count: int = 1):
+    _check_on_corrupt(on_corrupt)
+    if batch_size % process_count:
+      raise ValueError(f'global batch size {batch_size} is not divisible by '
+                       f'the {process_count} processes; choose a multiple.')
+    self.local_batch_size = batch_size // process_count
+    self.preprocess = Preprocess(pp)
+    self.seed, self.shuffle_buffer = seed, shuffle_buffer
+    self.on_corrupt, self.num_classes = on_corrupt, num_classes
+    self.process_index, self.process_count = process_index, process_count
+    self.raw, self.num_local = source.read(split, process_index, process_count)
+    if cache_raw:
+      self.raw = self.raw.cache()
+    if self.num_local == 0:
+      raise ValueError(f'process {process_index} has no examples of split '
+                       f'{split!r}; use a larger split or fewer processes.')
+    self.position = 0      # stream elements consumed by this process
+    self.next_batch = 0    # global batches produced (same on every process)
+    self.skipped = 0       # corrupt images skipped by this process
+    self._iterator = None
+
+  def _stream(self, position: int) -> tf.data.Dataset:
+    """Raw elements with their 'position' in the endless stream."""
+    n, raw, seed = self.num_local, self.raw, self.seed
+    buffer = max(1, min(self.shuffle_buffer, n))
+
+    def epoch(e):
+      shuffled = raw.shuffle(buffer, seed=seed * 1_000_003 + e,
+                             reshuffle_each_iteration=False)
+      return shuffled.enumerate().map(
+          lambda i, ex: {**ex, 'position': e * n + i})
+    first_epoch, offset = divmod(position, n)
+    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(offset)
+
+  def _example(self, ex: dict) -> dict:
+    seed = _example_seed(self.seed, self.process_index, ex['position'])
+    out = self.preprocess.example_fn(ex, seed)
+    label = out['label']
+    if self.preprocess.needs_onehot and label.dtype.is_integer:
+      label = tf.one_hot(label, self.num_classes)
+    return {'image': out['image'], 'label': label, 'position': ex['position']}
+
+  def _build(self) -> Iterator[dict]:
+    ds = self._stream(self.position).map(
+        self._example, num_parallel_calls=_AUTOTUNE, deterministic=True)
+    if self.on_corrupt == 'skip':
+      ds = ds.ignore_errors()
+    ds = ds.batch(self.local_batch_size, drop_remainder=True)
+    if self.preprocess.batch_ops:
+      seed = tf.constant([self.seed, self.process_index], tf.int64)
+      ds = ds.enumerate(start=self.next_batch).map(
+          lambda b, batch: self.preprocess.batch_fn(
+              batch, tf.random.experimental.stateless_fold_in(seed, b)),
+          num_parallel_calls=_AUTOTUNE, deterministic=True)
+    return ds.prefetch(_AUTOTUNE).as_numpy_iterator()
+
+  def _find_corrupt(self) -> CorruptImageError:
+    """Re-runs examples one by one from the current position to name the one
+    that fails (only after an error, so no cost otherwise)."""
+    for ex in self._stream(self.position).take(
+        64 * self.local_batch_size + 1024):
+      try:
+        self._example(ex)
+      except (tf.errors.OpError, ValueError) as e:
+        key = ex['key'].numpy().decode()
+        return CorruptImageError(
+            f'cannot decode or preprocess image {key!r}: '
+            f'{str(e).splitlines()[0]}. Remove or fix the file, or set '
+            f'--config.on_corrupt=skip to skip such images (counted in the '
+            f'metric data/skipped_images).')
+    return CorruptImageError('the input pipeline failed, but no single image '
+                             'reproduces the error; see the error above.')
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._iterator is None:
+      self._iterator = self._build()
+    try:
+      batch = next(self._iterator)
+    except tf.errors.OpError as e:
+      raise self._find_corrupt() from e
+    end = int(batch.pop('position')[-1]) + 1
+    self.skipped += end - self.position - self.local_batch_size
+    self.position = end
+    self.next_batch += 1
+    return _model_batch(batch)
+
+  def get_state(self) -> dict:
+    """Collective on multi-host runs: every process must call it."""
+    per_process = _allgather_sum(np.array([self.position, self.skipped]))
+    return {'next_batch': self.next_batch,
+            'positions': [int(p) for p in per_process[:, 0]],
+            'skipped': [int(s) for s in per_process[:, 1]]}
+
+  def set_state(self, state: dict) -> None:
+    self.next_batch = int(state['next_batch'])
+    positions = state.get('positions', [])
+    if len(positions) == self.process_count:
+      self.position = int(positions[self.process_index])
+      self.skipped = int(state['skipped'][self.process_index])
+    else:
+      # Another process count splits the data differently; keep the epoch
+      # count, lose the exact order.
+      self.position = self.next_batch * self.local_batch_size
+      logging.warning('data state saved by %d processes, restored on %d: '
+                      'continuing at the same number of examples per process '
+                      'but not the same order.', len(positions),
+                      self.process_count)
+    self._iterator = None
+
+  def metrics(self) -> dict[str, float]:
+    """Collective on multi-host runs, like get_state."""
+    return {'data/skipped_images':
+            float(_allgather_sum(np.array([self.skipped]))[:, 0].sum())}
+
+
+def eval_batches(source, split: str, *, pp: str, batch_size: int,
+                 process_index: int = 0, process_count: int = 1,
+                 on_corrupt: str = 'stop', cache: bool = False
+                 ) -> Callable[[], Iterator[dict]]:
+  """A factory of fresh passes over `split`: host batches with a 'mask'.
+  Every process yields the same number of batches."""
+  _check_on_corrupt(on_corrupt)
+  if batch_size % process_count:
+    raise ValueError(f'eval batch size {batch_size} is not divisible by the '
+                     f'{process_count} processes; choose a multiple.')
+  local = batch_size // process_count
+  preprocess = Preprocess(pp)
+  if preprocess.batch_ops:
+    raise ValueError(f'eval op string {pp!r} has batch ops (mixup/cutmix); '
+                     f'evaluation must not mix examples.')
+  raw, _ = source.read(split, process_index, process_count)
+  steps = -(-max(source.process_counts(split, process_count)) // local)
+
+  def example(ex):
+    out = preprocess.example_fn(ex, tf.constant([0, 0], tf.int64))
+    return {'image': out['image'], 'label': out['label'],
+            'mask': tf.constant(1.0)}
+  ds = raw.map(example, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  if on_corrupt == 'skip':
+    ds = ds.ignore_errors()
+  spec = ds.element_spec
+  if not spec['image'].shape.is_fully_defined():
+    raise ValueError(f'eval op string {pp!r} gives images of shape '
+                     f'{spec["image"].shape}; end it with a fixed-size op '
+                     f'such as central_crop(224) or resize(224).')
+  padding = tf.data.Dataset.from_tensors(
+      {k: tf.zeros(s.shape, s.dtype) for k, s in spec.items()}).repeat()
+  ds = ds.concatenate(padding).take(steps * local).batch(local)
+  if cache:
+    ds = ds.cache()
+  ds = ds.prefetch(_AUTOTUNE)
+
+  def batches():
+    for batch in ds.as_numpy_iterator():
+      yield _model_batch(batch)
+  return batches

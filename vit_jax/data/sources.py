@@ -1,0 +1,259 @@
+"""Where examples come from: TFDS, image folders, the bundled digits.
+
+A source reads one split for one process and returns a tf.data.Dataset of
+{'image': encoded bytes or uint8 (h, w, 3), 'label': int32 or multi-hot
+float32, 'key': string} in a fixed order, together with how many examples
+this process holds. Processes hold disjoint, contiguous parts of the split
+that together cover it (sizes differ by at most one).
+
+Dataset names in configs:
+  'digits'            the bundled real dataset (scikit-learn's 8x8 digits)
+  'folder:PATH'       PATH/<split>/<class>/<image>, local or gs://
+  'tfds_dir:PATH'     a prepared TFDS dataset directory (e.g. ImageNet-21k)
+  any other name      a TFDS dataset (optionally 'name:version')
+"""
+
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+_TFDS_PREPARE = {
+    'imagenet2012': (
+        'ImageNet needs a manual download: put ILSVRC2012_img_train.tar and '
+        'ILSVRC2012_img_val.tar (from image-net.org) in {data_dir}/downloads/'
+        'manual/, then run: tfds build imagenet2012 --data_dir={data_dir}'),
+    'imagenet2012_real': (
+        'ReaL labels need the ImageNet validation tar: put '
+        'ILSVRC2012_img_val.tar in {data_dir}/downloads/manual/, then run: '
+        'tfds build imagenet2012_real --data_dir={data_dir}'),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """A dataset is not where the config says; the message says what to do."""
+
+
+def process_range(total: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """[start, end) of this process's contiguous part of `total` examples."""
+  return (total * process_index // process_count,
+          total * (process_index + 1) // process_count)
+
+
+_SLICE = re.compile(r'^(\w+)\[(-?\d*)(%?):(-?\d*)(%?)\]$')
+
+
+def process_counts(total: int, process_count: int) -> list[int]:
+  return [end - start for start, end in
+          (process_range(total, i, process_count) for i in range(process_count))]
+
+
+def slice_split(split: str, names, size_of) -> tuple[str, int, int]:
+  """'train[:90%]' -> ('train', 0, 0.9 * n); plain names take everything.
+  `size_of(name)` gives a split's example count."""
+  match = _SLICE.match(split)
+  name = match.group(1) if match else split
+  if name not in names:
+    raise DatasetNotFoundError(
+        f'unknown split {split!r}; this dataset has splits {sorted(names)} '
+        f'(slices like {sorted(names)[0]}[:90%] work too).')
+  total = size_of(name)
+  if not match:
+    return name, 0, total
+
+  def bound(text, percent, default):
+    if not text:
+      return default
+    value = int(text) * total // 100 if percent else int(text)
+    return max(0, min(total, value + total if value < 0 else value))
+  return name, bound(match.group(2), match.group(3), 0), bound(
+      match.group(4), match.group(5), total)
+
+
+class ArraySource:
+  """In-memory uint8 images with integer labels and named index splits."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray,
+               splits: dict[str, np.ndarray], num_classes: int, name: str):
+    self.images, self.labels = images, labels
+    self.splits, self.num_classes, self.name = splits, num_classes, name
+
+  def _indices(self, split: str) -> np.ndarray:
+    name, start, end = slice_split(split, self.splits,
+                                   lambda name: len(self.splits[name]))
+    return self.splits[name][start:end]
+
+  def process_counts(self, split: str, process_count: int) -> list[int]:
+    return process_counts(len(self._indices(split)), process_count)
+
+  def read(self, split: str, process_index: int, process_count: int):
+    indices = self._indices(split)
+    start, end = process_range(len(indices), process_index, process_count)
+    mine = indices[start:end]
+    keys = np.array([f'{self.name}/{split}/{i}' for i in mine])
+    ds = tf.data.Dataset.from_tensor_slices(dict(
+        image=self.images[mine], label=self.labels[mine].astype(np.int32),
+        key=keys))
+    return ds, len(mine)
+
+
+def digits_source() -> ArraySource:
+  """scikit-learn's 1,797 handwritten digits (UCI; 8x8, 17 grey levels),
+  shipped inside the scikit-learn wheel. A fixed, class-stratified split:
+  'train' 1,437 and 'test' 360 (36 per class)."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  digits = load_digits()
+  grey = np.round(digits.images * (255 / 16)).astype(np.uint8)
+  images = np.repeat(grey[..., None], 3, axis=-1)
+  labels = digits.target.astype(np.int32)
+  rng = np.random.default_rng(0)
+  test = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:36]
+                         for c in range(10)])
+  train = np.setdiff1d(np.arange(len(labels)), test)
+  splits = {'train': rng.permutation(train), 'test': np.sort(test)}
+  return ArraySource(images, labels, splits, num_classes=10, name='digits')
+
+
+class FolderSource:
+  """ROOT/<split>/<class>/<image>; classes are the sorted folder names of
+  the 'train' split (or of the split itself when there is no 'train')."""
+
+  def __init__(self, root: str):
+    if not tf.io.gfile.isdir(root):
+      raise DatasetNotFoundError(
+          f'image folder {root!r} does not exist; expected '
+          f'{root}/train/<class>/<image>.jpg (and val/<class>/...).')
+    self.root = root
+    self.split_names = sorted(d.rstrip('/') for d in tf.io.gfile.listdir(root)
+                              if tf.io.gfile.isdir(os.path.join(root, d)))
+    class_root = 'train' if 'train' in self.split_names else self.split_names[0]
+    self.classes = self._subdirs(os.path.join(root, class_root))
+    self.num_classes = len(self.classes)
+    self._files: dict[str, tuple[list[str], list[int]]] = {}
+
+  @staticmethod
+  def _subdirs(path):
+    return sorted(d.rstrip('/') for d in tf.io.gfile.listdir(path)
+                  if tf.io.gfile.isdir(os.path.join(path, d)))
+
+  def _list(self, name: str) -> tuple[list[str], list[int]]:
+    if name not in self._files:
+      files, labels = [], []
+      for label, cls in enumerate(self.classes):
+        folder = os.path.join(self.root, name, cls)
+        if not tf.io.gfile.isdir(folder):
+          continue
+        names = sorted(f for f in tf.io.gfile.listdir(folder)
+                       if f.lower().endswith(IMAGE_SUFFIXES))
+        files += [os.path.join(folder, f) for f in names]
+        labels += [label] * len(names)
+      if not files:
+        raise DatasetNotFoundError(
+            f'no images in {self.root}/{name}/<class>/ for classes '
+            f'{self.classes[:5]}...; expected files ending in {IMAGE_SUFFIXES}.')
+      self._files[name] = (files, labels)
+    return self._files[name]
+
+  def _slice(self, split):
+    name, start, end = slice_split(split, self.split_names,
+                                   lambda name: len(self._list(name)[0]))
+    files, labels = self._list(name)
+    return files[start:end], labels[start:end]
+
+  def process_counts(self, split: str, process_count: int) -> list[int]:
+    return process_counts(len(self._slice(split)[0]), process_count)
+
+  def read(self, split: str, process_index: int, process_count: int):
+    files, labels = self._slice(split)
+    start, end = process_range(len(files), process_index, process_count)
+    files, labels = files[start:end], labels[start:end]
+    ds = tf.data.Dataset.from_tensor_slices(
+        dict(key=files, label=np.array(labels, np.int32)))
+    ds = ds.map(lambda ex: {**ex, 'image': tf.io.read_file(ex['key'])},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds, len(files)
+
+
+class TfdsSource:
+  """A TFDS dataset read in file order, images left encoded."""
+
+  def __init__(self, name: str, data_dir: str | None = None, *,
+               from_directory: bool = False, image_key: str = 'image',
+               label_key: str = 'label'):
+    self.name = name
+    self.data_dir = data_dir or os.environ.get(
+        'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+    try:
+      self.builder = (tfds.builder_from_directory(name) if from_directory
+                      else tfds.builder(name, data_dir=self.data_dir))
+    except tfds.core.registered.DatasetNotFoundError:
+      raise DatasetNotFoundError(
+          f'{name!r} is not a TFDS dataset. For your own data use '
+          f'dataset=folder:/path (with <split>/<class>/<image> inside) or '
+          f'dataset=tfds_dir:/path/to/prepared/name/version.') from None
+    except (FileNotFoundError, tf.errors.NotFoundError) as e:
+      raise DatasetNotFoundError(f'no prepared TFDS dataset at {name!r}: {e}') from None
+    self.image_key, self.label_key = image_key, label_key
+    label = self.builder.info.features[label_key]
+    self.multi_label = isinstance(label, tfds.features.Sequence)
+    self.num_classes = (label.feature if self.multi_label else label).num_classes
+
+  def _not_found(self, error) -> DatasetNotFoundError:
+    base = self.name.split(':')[0]
+    how = _TFDS_PREPARE.get(base, f'prepare it with: tfds build {base} '
+                                  f'--data_dir={{data_dir}} (needs internet)')
+    return DatasetNotFoundError(
+        f'TFDS dataset {self.name!r} is not prepared in data_dir '
+        f'{self.data_dir!r} (set config.data_dir or TFDS_DATA_DIR). '
+        + how.format(data_dir=self.data_dir) + f'. ({error})')
+
+  def _subsplit(self, split, process_index, process_count):
+    return tfds.even_splits(split, n=process_count)[process_index]
+
+  def _count(self, subsplit, ds) -> int:
+    try:
+      return int(self.builder.info.splits[subsplit].num_examples)
+    except (KeyError, ValueError, AssertionError):
+      # Only mocked builders (tests) lack split metadata: count directly.
+      return int(ds.reduce(0, lambda n, _: n + 1))
+
+  def _dataset(self, subsplit):
+    try:
+      return self.builder.as_dataset(
+          split=subsplit, shuffle_files=False,
+          decoders={self.image_key: tfds.decode.SkipDecoding()},
+          read_config=tfds.ReadConfig(add_tfds_id=True))
+    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
+      raise self._not_found(e) from None
+
+  def process_counts(self, split: str, process_count: int) -> list[int]:
+    return [self._count(sub, self._dataset(sub)) for sub in
+            tfds.even_splits(split, n=process_count)]
+
+  def read(self, split: str, process_index: int, process_count: int):
+    subsplit = self._subsplit(split, process_index, process_count)
+    ds = self._dataset(subsplit)
+    num_classes = self.num_classes
+
+    def convert(ex):
+      label = ex[self.label_key]
+      if self.multi_label:
+        label = tf.reduce_max(tf.one_hot(label, num_classes), axis=0)
+      else:
+        label = tf.cast(label, tf.int32)
+      return dict(image=ex[self.image_key], label=label, key=ex['tfds_id'])
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True), self._count(subsplit, ds)
+
+
+def make_source(dataset: str, data_dir: str | None = None, **tfds_kwargs):
+  if dataset == 'digits':
+    return digits_source()
+  if dataset.startswith('folder:'):
+    return FolderSource(dataset[len('folder:'):])
+  if dataset.startswith('tfds_dir:'):
+    return TfdsSource(dataset[len('tfds_dir:'):], from_directory=True, **tfds_kwargs)
+  return TfdsSource(dataset, data_dir, **tfds_kwargs)
