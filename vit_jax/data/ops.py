@@ -102,6 +102,7 @@ def decode_inception_crop(size, area_min=5, area_max=100):
       return tf.slice(image, begin, box)
 
     cropped = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    cropped.set_shape([None, None, 3])
     return _to_uint8(tf.image.resize(cropped, _hw(size)))
   return _on_image(crop)
 

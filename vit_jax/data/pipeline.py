@@ -44,6 +44,13 @@ def _check_on_corrupt(on_corrupt):
     raise ValueError(f'on_corrupt={on_corrupt!r}; expected one of {ON_CORRUPT}.')
 
 
+def _check_fixed_size(spec: dict, pp: str) -> None:
+  if not spec['image'].shape.is_fully_defined():
+    raise ValueError(f'op string {pp!r} gives images of shape '
+                     f'{spec["image"].shape}; end it with a fixed-size op '
+                     f'such as central_crop(224) or resize(224).')
+
+
 def _allgather_sum(values: np.ndarray) -> np.ndarray:
   """Per-process integer vectors -> stacked (processes, n) on every host."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -105,6 +112,7 @@ class TrainIterator:
   def _build(self) -> Iterator[dict]:
     ds = self._stream(self.position).map(
         self._example, num_parallel_calls=_AUTOTUNE, deterministic=True)
+    _check_fixed_size(ds.element_spec, self.preprocess.spec)
     if self.on_corrupt == 'skip':
       ds = ds.ignore_errors()
     ds = ds.batch(self.local_batch_size, drop_remainder=True)
@@ -204,10 +212,7 @@ def eval_batches(source, split: str, *, pp: str, batch_size: int,
   if on_corrupt == 'skip':
     ds = ds.ignore_errors()
   spec = ds.element_spec
-  if not spec['image'].shape.is_fully_defined():
-    raise ValueError(f'eval op string {pp!r} gives images of shape '
-                     f'{spec["image"].shape}; end it with a fixed-size op '
-                     f'such as central_crop(224) or resize(224).')
+  _check_fixed_size(spec, pp)
   padding = tf.data.Dataset.from_tensors(
       {k: tf.zeros(s.shape, s.dtype) for k, s in spec.items()}).repeat()
   ds = ds.concatenate(padding).take(steps * local).batch(local)

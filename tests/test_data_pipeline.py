@@ -1,0 +1,245 @@
+"""Input pipelines end to end: TFDS (mocked and real tiny), folders, digits."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vit_jax.data import pipeline, sources
+
+
+class TinyNumbered(tfds.core.GeneratorBasedBuilder):
+  """Example i is an 8x8 image filled with the value i (label i % 3), so a
+  decoded pixel says which example it was."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(8, 8, 3)),
+        'label': tfds.features.ClassLabel(num_classes=3)}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(0, 23),
+            'test': self._generate_examples(100, 110)}
+
+  def _generate_examples(self, start, end):
+    for i in range(start, end):
+      yield i, {'image': np.full((8, 8, 3), i, np.uint8), 'label': i % 3}
+
+
+@pytest.fixture(scope='module')
+def tiny_tfds(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  TinyNumbered(data_dir=data_dir).download_and_prepare()
+  return sources.TfdsSource('tiny_numbered', data_dir)
+
+
+def example_ids(batch):
+  """Recovers i from images filled with i, in [-1, 1]."""
+  return np.round((batch['images'][:, 0, 0, 0] + 1) / 2 * 255).astype(int)
+
+
+def _mock(num_examples=6):
+  return tfds.testing.mock_data(num_examples=num_examples,
+                                policy=tfds.testing.MockPolicy.USE_CODE)
+
+
+@pytest.mark.parametrize('name,classes', [('imagenet2012', 1000), ('cifar10', 10)])
+def test_mocked_tfds_train_and_eval_pipelines(name, classes, tmp_path):
+  with _mock(6):
+    source = sources.TfdsSource(name, str(tmp_path))
+    assert source.num_classes == classes
+    train = pipeline.TrainIterator(
+        source, 'train', pp='decode_inception_crop(32)|flip_lr|randaug(2,10)',
+        batch_size=4, seed=1)
+    for _ in range(3):  # crosses an epoch boundary (6 examples)
+      batch = next(train)
+      assert batch['images'].shape == (4, 32, 32, 3)
+      assert batch['images'].dtype == np.float32
+      assert -1 <= batch['images'].min() and batch['images'].max() <= 1
+      assert batch['images'].std() > 0.05  # real pixels, not a constant
+      assert batch['labels'].dtype == np.int32 and batch['labels'].shape == (4,)
+      assert ((0 <= batch['labels']) & (batch['labels'] < classes)).all()
+    assert train.position == 12
+    split = 'validation' if name == 'imagenet2012' else 'test'
+    evaluation = pipeline.eval_batches(
+        source, split, pp='decode|resize_small(36)|central_crop(32)',
+        batch_size=4)
+    batches = list(evaluation())
+  assert [b['images'].shape for b in batches] == [(4, 32, 32, 3)] * 2
+  assert [b['mask'].tolist() for b in batches] == [[1] * 4, [1, 1, 0, 0]]
+  assert all(-1 <= b['images'].min() and b['images'].max() <= 1 for b in batches)
+
+
+def test_mocked_imagenet_real_labels_are_multi_hot(tmp_path):
+  with _mock(3):
+    source = sources.TfdsSource('imagenet2012_real', str(tmp_path),
+                                label_key='real_label')
+    batch = next(pipeline.eval_batches(
+        source, 'validation', pp='decode|resize(16)', batch_size=4)())
+  assert batch['labels'].shape == (4, 1000) and batch['labels'].dtype == np.float32
+  assert set(np.unique(batch['labels'])) <= {0.0, 1.0}
+
+
+def test_missing_imagenet_says_where_to_put_it(tmp_path):
+  source = sources.TfdsSource('imagenet2012', str(tmp_path))
+  with pytest.raises(sources.DatasetNotFoundError) as error:
+    source.read('train', 0, 1)
+  message = str(error.value)
+  assert f'{tmp_path}/downloads/manual/' in message
+  assert 'ILSVRC2012_img_train.tar' in message
+  assert f'tfds build imagenet2012 --data_dir={tmp_path}' in message
+
+
+def test_unknown_dataset_name_points_to_folders():
+  with pytest.raises(sources.DatasetNotFoundError, match='folder:/path'):
+    sources.make_source('imagenet_twentytwo_k')
+
+
+@pytest.mark.parametrize('process_count', [2, 3])
+def test_process_splits_are_disjoint_and_cover_the_split(tiny_tfds, process_count):
+  seen = []
+  for index in range(process_count):
+    evaluation = pipeline.eval_batches(
+        tiny_tfds, 'train', pp='decode|resize(8)', batch_size=process_count * 4,
+        process_index=index, process_count=process_count)
+    for batch in evaluation():
+      seen += example_ids(batch)[batch['mask'] > 0].tolist()
+  assert sorted(seen) == list(range(23))
+  counts = tiny_tfds.process_counts('train', process_count)
+  assert sum(counts) == 23 and max(counts) - min(counts) <= 1
+
+
+def test_process_training_streams_are_disjoint(tiny_tfds):
+  first_epoch = []
+  for index in range(2):
+    train = pipeline.TrainIterator(tiny_tfds, 'train', pp='decode|resize(8)',
+                                   batch_size=2, process_index=index,
+                                   process_count=2, seed=3)
+    ids = np.concatenate([example_ids(next(train))
+                          for _ in range(train.num_local)])
+    assert len(set(ids.tolist())) == train.num_local
+    first_epoch.append(set(ids.tolist()))
+  assert not first_epoch[0] & first_epoch[1]
+  assert first_epoch[0] | first_epoch[1] == set(range(23))
+
+
+@pytest.mark.parametrize('batch_size,process_count', [(7, 1), (8, 2), (64, 2)])
+def test_eval_counts_every_digit_exactly_once(batch_size, process_count):
+  source = sources.digits_source()
+  labels, batches_per_process = [], []
+  for index in range(process_count):
+    evaluation = pipeline.eval_batches(
+        source, 'test', pp='', batch_size=batch_size,
+        process_index=index, process_count=process_count)
+    batches = list(evaluation())
+    batches_per_process.append(len(batches))
+    for batch in batches:
+      assert batch['images'].shape == (batch_size // process_count, 8, 8, 3)
+      labels += batch['labels'][batch['mask'] > 0].tolist()
+  assert len(set(batches_per_process)) == 1  # same step count on every host
+  assert len(labels) == 360
+  assert np.bincount(labels).tolist() == [36] * 10
+
+
+def test_resumed_iterator_continues_with_the_next_batch():
+  source = sources.digits_source()
+  kwargs = dict(pp='pad(1)|random_crop(8)|randaug(2,10)|mixup(0.5)',
+                batch_size=200, seed=5, num_classes=10)
+  uninterrupted = pipeline.TrainIterator(source, 'train', **kwargs)
+  reference = [next(uninterrupted) for _ in range(10)]  # about 1.4 epochs
+  first = pipeline.TrainIterator(source, 'train', **kwargs)
+  for _ in range(6):
+    next(first)
+  state = first.get_state()
+  assert state == {'next_batch': 6, 'positions': [1200], 'skipped': [0]}
+  resumed = pipeline.TrainIterator(source, 'train', **kwargs)
+  resumed.set_state(state)
+  for expected in reference[6:]:
+    batch = next(resumed)
+    np.testing.assert_array_equal(batch['images'], expected['images'])
+    np.testing.assert_array_equal(batch['labels'], expected['labels'])
+
+
+def test_epochs_visit_every_training_example_once(tiny_tfds):
+  train = pipeline.TrainIterator(tiny_tfds, 'train', pp='decode|resize(8)', batch_size=1,
+                                 seed=0)
+  ids = [int(example_ids(next(train))[0]) for _ in range(46)]
+  assert sorted(ids[:23]) == sorted(ids[23:]) == list(range(23))
+  assert ids[:23] != ids[23:]  # reshuffled every epoch
+  assert ids[:23] != list(range(23))
+
+
+def test_digits_split_is_fixed_and_stratified():
+  source = sources.digits_source()
+  assert source.images.shape == (1797, 8, 8, 3) and source.images.dtype == np.uint8
+  assert source.images.max() == 255
+  assert len(source.splits['train']) == 1437 and len(source.splits['test']) == 360
+  assert not set(source.splits['train']) & set(source.splits['test'])
+  assert np.bincount(source.labels[source.splits['test']]).tolist() == [36] * 10
+
+
+@pytest.mark.parametrize('split,expected', [
+    ('train', (0, 100)), ('train[:10%]', (0, 10)), ('train[90%:]', (90, 100)),
+    ('train[5:20]', (5, 20)), ('train[-10:]', (90, 100))])
+def test_split_slices(split, expected):
+  assert sources.slice_split(split, ['train'], lambda name: 100)[1:] == expected
+
+
+def test_unknown_split_names_the_known_ones():
+  with pytest.raises(sources.DatasetNotFoundError, match=r"\['test', 'train'\]"):
+    sources.digits_source().read('validation', 0, 1)
+
+
+def _write_folder(root, corrupt=False):
+  rng = np.random.default_rng(0)
+  for split, count in (('train', 3), ('val', 2)):
+    for cls in ('cat', 'dog'):
+      os.makedirs(root / split / cls)
+      for i in range(count):
+        pixels = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+        encoded = tf.io.encode_png(pixels) if i % 2 else tf.io.encode_jpeg(pixels)
+        (root / split / cls / f'{i}.{"png" if i % 2 else "jpg"}').write_bytes(
+            encoded.numpy())
+  if corrupt:
+    (root / 'train' / 'dog' / 'broken.jpg').write_bytes(b'\xff\xd8not a jpeg')
+
+
+def test_image_folder_source(tmp_path):
+  _write_folder(tmp_path)
+  source = sources.make_source(f'folder:{tmp_path}')
+  assert source.classes == ['cat', 'dog'] and source.num_classes == 2
+  train = pipeline.TrainIterator(source, 'train', batch_size=6, seed=0,
+                                 pp='decode_inception_crop(16)|flip_lr')
+  batch = next(train)
+  assert batch['images'].shape == (6, 16, 16, 3)
+  assert sorted(batch['labels'].tolist()) == [0, 0, 0, 1, 1, 1]
+  evaluation = pipeline.eval_batches(source, 'val', batch_size=3,
+                                     pp='decode|resize_small(18)|central_crop(16)')
+  masks = [b['mask'].tolist() for b in evaluation()]
+  assert masks == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_corrupt_image_stops_with_its_file_name(tmp_path):
+  _write_folder(tmp_path, corrupt=True)
+  source = sources.make_source(f'folder:{tmp_path}')
+  train = pipeline.TrainIterator(source, 'train', batch_size=7, seed=0,
+                                 pp='decode|resize(16)')
+  with pytest.raises(pipeline.CorruptImageError) as error:
+    next(train)
+  assert str(tmp_path / 'train' / 'dog' / 'broken.jpg') in str(error.value)
+  assert 'on_corrupt=skip' in str(error.value)
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path):
+  _write_folder(tmp_path, corrupt=True)
+  source = sources.make_source(f'folder:{tmp_path}')
+  train = pipeline.TrainIterator(source, 'train', batch_size=6, seed=0,
+                                 pp='decode|resize(16)', on_corrupt='skip')
+  batches = [next(train) for _ in range(2)]  # 14 stream elements, 2 corrupt
+  assert all(b['images'].shape == (6, 16, 16, 3) for b in batches)
+  assert train.skipped >= 1 and train.metrics() == {
+      'data/skipped_images': float(train.skipped)}
+  assert train.position == 12 + train.skipped
