@@ -1,8 +1,10 @@
 """RandAugment (Cubuk et al. 2019) on uint8 images with stateless randomness.
 
-Magnitudes run 0..10 and every op grows stronger with the magnitude (for
-posterize and solarize too, unlike the original TPU code, where magnitude 0
-turned images black or solarize was strongest at low magnitudes).
+Magnitude 10 is the reference strength of each op; AugReg's recipes go up
+to 20, which scales the geometric and colour ops further. Every op grows
+stronger with the magnitude (for posterize and solarize too, unlike the
+original TPU code, where magnitude 0 turned images black and solarize was
+strongest at low magnitudes).
 """
 
 import math
@@ -47,8 +49,10 @@ def identity(image, seed, m):
 def auto_contrast(image, seed, m):
   lo = tf.reduce_min(image, axis=[0, 1], keepdims=True)
   hi = tf.reduce_max(image, axis=[0, 1], keepdims=True)
-  scale = 255.0 / tf.maximum(_float(hi) - _float(lo), 1.0)
-  stretched = (_float(image) - _float(lo)) * scale
+  lo, hi = tf.cast(lo, tf.float64), tf.cast(hi, tf.float64)
+  scale = 255.0 / tf.maximum(hi - lo, 1.0)
+  # Truncated like PIL's ImageOps.autocontrast lookup table.
+  stretched = tf.floor((tf.cast(image, tf.float64) - lo) * scale + 1e-9)
   return tf.where(hi > lo, _uint8(stretched), image)
 
 
@@ -81,13 +85,13 @@ def rotate(image, seed, m):
 
 
 def posterize(image, seed, m):
-  dropped = int(round(m / 10 * 4))
+  dropped = min(int(round(m / 10 * 4)), 7)
   shift = tf.constant(dropped, tf.uint8)
   return tf.bitwise.left_shift(tf.bitwise.right_shift(image, shift), shift)
 
 
 def solarize(image, seed, m):
-  threshold = 256 - int(m / 10 * 256)
+  threshold = max(256 - int(m / 10 * 256), 0)
   return tf.where(tf.cast(image, tf.int32) >= threshold, 255 - image, image)
 
 
@@ -97,7 +101,7 @@ def solarize_add(image, seed, m):
 
 
 def _enhance_factor(seed, m):
-  return 1.0 + _signed(seed, m / 10 * 0.9)
+  return tf.maximum(1.0 + _signed(seed, m / 10 * 0.9), 0.0)
 
 
 def color(image, seed, m):
@@ -170,8 +174,9 @@ OPS = (identity, auto_contrast, equalize, invert, rotate, posterize, solarize,
 def randaugment(image: tf.Tensor, seed: tf.Tensor, *, num_layers: int = 2,
                 magnitude: float = 10) -> tf.Tensor:
   """`num_layers` ops from OPS, chosen independently per example."""
-  if not 0 <= magnitude <= 10:
-    raise ValueError(f'randaug magnitude {magnitude} is outside [0, 10].')
+  if not 0 <= magnitude <= 30:
+    raise ValueError(f'randaug magnitude {magnitude} is outside [0, 30]; '
+                     f'10 is the reference strength, AugReg uses 10 to 20.')
   for layer in range(num_layers):
     layer_seed = tf.random.experimental.stateless_fold_in(seed, layer)
     choice_seed, op_seed = tf.unstack(
