@@ -70,21 +70,26 @@ def test_gradient_accumulation_matches_full_batch():
                              atol=1e-5)
 
 
-def test_two_processes_match_one_process():
-  reference = run({'optimizer': SGD, 'steps': 3, 'mesh': {'data': 8}}, devices=8)
+def run_two_processes(options, workdir=None):
+  """Two processes with 4 CPU devices each; process 0's summary."""
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   procs = [subprocess.Popen(
       [sys.executable, SCRIPT, json.dumps({
-          'optimizer': SGD, 'steps': 3, 'mesh': {'data': 8},
-          'coordinator': f'127.0.0.1:{port}', 'process_id': i})],
+          **options, 'coordinator': f'127.0.0.1:{port}', 'process_id': i})]
+      + ([str(workdir)] if workdir else []),
       env=env_with_devices(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for i in range(2)]
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
-  got = summary_of(outputs[0][0])
+  return summary_of(outputs[0][0])
+
+
+def test_two_processes_match_one_process():
+  reference = run({'optimizer': SGD, 'steps': 3, 'mesh': {'data': 8}}, devices=8)
+  got = run_two_processes({'optimizer': SGD, 'steps': 3, 'mesh': {'data': 8}})
   assert got['num_devices'] == 8
   np.testing.assert_allclose(got['losses'], reference['losses'], atol=1e-5)
   np.testing.assert_allclose(got['params_flat'], reference['params_flat'],
@@ -128,3 +133,18 @@ def test_restore_onto_a_different_mesh(tmp_path):
   np.testing.assert_allclose(resumed['losses'], straight['losses'][2:], atol=1e-5)
   np.testing.assert_allclose(resumed['params_flat'], straight['params_flat'],
                              atol=1e-5)
+
+
+def test_two_processes_on_digits_count_every_test_example_once(tmp_path):
+  """360 test digits, eval batch 64 over 2 hosts x 4 devices: each host pads
+  its 180 to 3 batches of 32; the masked count is exactly 360."""
+  options = {'dataset': 'digits', 'steps': 4, 'checkpoint_steps': 2,
+             'mesh': {'data': 8}, 'eval_batch_size': 64}
+  got = run_two_processes(options, tmp_path)
+  assert got['final']['eval/accuracy_examples'] == 360
+  assert 0 <= got['final']['eval/accuracy'] <= 1
+  assert got['final']['data/skipped_images'] == 0
+  data_state = json.loads((tmp_path / 'checkpoints' / '4' / 'data' /
+                           'metadata').read_text())
+  # Both hosts' stream positions are saved: 4 steps x 8 examples each.
+  assert data_state == {'next_batch': 4, 'positions': [32, 32], 'skipped': [0, 0]}

@@ -102,3 +102,30 @@ def test_batch_not_divisible_by_data_parallel_size():
   with pytest.raises(ValueError, match=r'batch_size=16 is not divisible by '
                      r'data-parallel size 1 x accum_steps 3'):
     trainer.make_setup(config)
+
+
+def test_eval_step_scores_multi_hot_labels_and_masks():
+  """ReaL-style labels: top-1 is right when it is any positive class;
+  examples without a positive class and padded examples do not count."""
+  import jax  # pylint: disable=g-import-not-at-top
+  setup = trainer.make_setup(tiny_config({}))
+  state = trainer.init_state(setup, 0)
+  params = jax.tree.map(lambda x: x + 0.05 * jnp.cos(jnp.arange(x.size).reshape(x.shape)),
+                        state['params'])
+  images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+  logits = setup.model.apply({'params': params}, images)
+  top1 = np.asarray(jnp.argmax(logits, -1))
+  labels = np.zeros((8, 10), np.float32)
+  labels[0, top1[0]] = 1                         # right
+  labels[1, [top1[1], (top1[1] + 1) % 10]] = 1   # right (one of two)
+  labels[2, (top1[2] + 1) % 10] = 1              # wrong
+  labels[3, [(top1[3] + 1) % 10, (top1[3] + 2) % 10]] = 1  # wrong
+  # 4: no label (ReaL drops it); 5-7: right but padding.
+  labels[5:, :] = np.eye(10)[top1[5:]]
+  mask = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
+  sums = trainer.make_eval_step(setup)(
+      params, {'images': images, 'labels': labels, 'mask': mask})
+  assert float(sums['correct']) == 2 and float(sums['count']) == 4
+  sums = trainer.make_eval_step(setup)(
+      params, {'images': images, 'labels': top1.astype(np.int32), 'mask': mask})
+  assert float(sums['correct']) == 5 and float(sums['count']) == 5

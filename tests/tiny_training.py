@@ -29,6 +29,15 @@ def tiny_config(options):
   config.keep_checkpoints = 2
   config.keep_every = 0
   config.async_checkpoints = options.get('async_checkpoints', True)
+  if options.get('dataset') == 'digits':  # the bundled real data
+    config.dataset = 'digits'
+    config.image_size = 8
+    config.model.patch_size = (2, 2)
+    config.train_split, config.eval_split = 'train', 'test'
+    config.pp_train, config.pp_eval = 'pad(1)|random_crop(8)', ''
+    config.shuffle_buffer = 2_000
+    config.eval_batch_size = options.get('eval_batch_size', 64)
+    config.eval_steps = config.total_steps
   return config
 
 
@@ -43,13 +52,13 @@ def main():
         process_id=options['process_id'])
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vit_jax import sharding, trainer  # pylint: disable=g-import-not-at-top
-  from vit_jax.data.synthetic import BatchIterator, SyntheticSource  # pylint: disable=g-import-not-at-top
+  from vit_jax.data.inputs import make_inputs  # pylint: disable=g-import-not-at-top
   config = tiny_config(options)
-  source = SyntheticSource(num_classes=10, image_size=16, batch_size=16,
-                           process_index=jax.process_index(),
-                           process_count=jax.process_count())
-  state, history = trainer.train(config, workdir,
-                                 train_data=BatchIterator(source),
+  train_data, eval_data = make_inputs(config)
+  if config.dataset == 'synthetic':
+    eval_data = {}
+  state, history = trainer.train(config, workdir, train_data=train_data,
+                                 eval_data=eval_data,
                                  log=lambda line: print(line, flush=True))
   params = jax.tree.map(
       lambda x: np.asarray(jax.experimental.multihost_utils.process_allgather(
@@ -63,7 +72,8 @@ def main():
       total_bytes=sum(l.nbytes for l in jax.tree.leaves(
           (state['params'], state['opt_state']))),
       max_bytes_per_device=max(held.values()),
-      num_devices=jax.device_count())
+      num_devices=jax.device_count(),
+      final={k: v for k, v in history[-1].items() if k.startswith(('eval/', 'data/'))})
   if jax.process_index() == 0:
     print('SUMMARY ' + json.dumps(summary), flush=True)
 

@@ -147,7 +147,8 @@ def progress_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
   parts = [f'step {step}/{total}']
   keys = ['loss', 'grad_norm', 'learning_rate', 'img_per_sec',
           'img_per_sec_per_device', 'mfu', 'eta_hours']
-  keys += sorted(k for k in scalars if k.startswith('eval/'))
+  keys += sorted(k for k in scalars
+                 if k.startswith('eval/') and not k.endswith('_examples'))
   if scalars.get('data/skipped_images'):
     keys.append('data/skipped_images')
   for key in keys:

@@ -213,13 +213,14 @@ def make_eval_step(setup: TrainSetup) -> Callable[[Any, dict], dict]:
       setup.state_shardings['params'], sharding.batch_sharding(setup.mesh)))
 
 
-def evaluate(eval_step, params, batches: Iterator[dict], mesh) -> float:
+def evaluate(eval_step, params, batches: Iterator[dict], mesh) -> tuple[float, int]:
+  """(accuracy, number of examples counted) over one pass of `batches`."""
   correct = count = 0.
   for host_batch in batches:
     sums = jax.device_get(eval_step(params, sharding.global_batch(host_batch, mesh)))
     correct += float(sums['correct'])
     count += float(sums['count'])
-  return correct / max(count, 1.)
+  return correct / max(count, 1.), int(count)
 
 
 def _check_finite(state: State) -> None:
@@ -281,8 +282,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
           scalars.update(train_data.metrics())
         if eval_step is not None and (step % config.eval_steps == 0 or final):
           for name, batches in eval_data.items():
-            scalars[f'eval/{name}'] = evaluate(
-                eval_step, state['params'], batches(), setup.mesh)
+            scalars[f'eval/{name}'], scalars[f'eval/{name}_examples'] = (
+                evaluate(eval_step, state['params'], batches(), setup.mesh))
           throughput.restart(step)
         writer.write(step, scalars)
         history.append({'step': step, **scalars})
