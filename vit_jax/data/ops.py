@@ -41,7 +41,10 @@ def _hw(size) -> tuple[int, int]:
 def _on_image(transform):
   """An op that maps only the image."""
   def op(example, seed):
-    return {**example, 'image': transform(example['image'], seed)}
+    image = transform(example['image'], seed)
+    if image.dtype != tf.string:
+      image.set_shape([None, None, 3])  # ops keep RGB; tf.slice loses it
+    return {**example, 'image': image}
   return op
 
 

@@ -67,8 +67,9 @@ class TrainIterator:
                seed: int = 0, shuffle_buffer: int = 250_000,
                cache_raw: bool = False, on_corrupt: str = 'stop',
                num_classes: int | None = None, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, threads: int | None = None):
     _check_on_corrupt(on_corrupt)
+    self.threads = threads  # tf.data worker threads (None: all cores)
     if batch_size % process_count:
       raise ValueError(f'global batch size {batch_size} is not divisible by '
                        f'the {process_count} processes; choose a multiple.')
@@ -122,6 +123,10 @@ class TrainIterator:
           lambda b, batch: self.preprocess.batch_fn(
               batch, tf.random.experimental.stateless_fold_in(seed, b)),
           num_parallel_calls=_AUTOTUNE, deterministic=True)
+    if self.threads:
+      options = tf.data.Options()
+      options.threading.private_threadpool_size = self.threads
+      ds = ds.with_options(options)
     return ds.prefetch(_AUTOTUNE).as_numpy_iterator()
 
   def _find_corrupt(self) -> CorruptImageError:
