@@ -34,7 +34,11 @@ def make_inputs(config) -> tuple[object, EvalData]:
   if config.dataset == 'synthetic':
     return _synthetic(config)
   # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   from vit_jax.data import pipeline, sources
+  # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses
+  # (it would otherwise reserve GPU memory).
+  tf.config.set_visible_devices([], 'GPU')
   process = dict(process_index=jax.process_index(),
                  process_count=jax.process_count())
   source = sources.make_source(config.dataset, config.data_dir)
