@@ -66,7 +66,8 @@ def decay_mask(params: Any, no_decay: Sequence[str]) -> Any:
 def make_optimizer(optimizer_config: Mapping[str, Any],
                    schedule: Callable[[jax.Array], jax.Array]
                    ) -> optax.GradientTransformation:
-  """Clip -> base optimizer -> weight decay (masked) -> -lr."""
+  """Clip -> base optimizer -> weight decay (masked) -> -lr -> zero for
+  frozen parameters."""
   name = optimizer_config['name']
   if name not in OPTIMIZERS:
     raise ValueError(f'unknown optimizer {name!r}; expected one of '
@@ -92,4 +93,10 @@ def make_optimizer(optimizer_config: Mapping[str, Any],
     chain.append(optax.add_decayed_weights(
         weight_decay, mask=lambda p: decay_mask(p, no_decay)))
   chain.append(optax.scale_by_learning_rate(schedule))
+  freeze = tuple(optimizer_config.get('freeze', ()))
+  if freeze:
+    # Parameters whose name fully matches a `freeze` regex never move.
+    chain.append(optax.masked(
+        optax.set_to_zero(), lambda p: jax.tree.map(
+            lambda decays: not decays, decay_mask(p, freeze))))
   return optax.chain(*chain)

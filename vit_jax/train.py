@@ -56,8 +56,8 @@ def initialize_distributed() -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def main(argv):
-  del argv
+def run(pretrained=None):
+  """Trains `--config` in `--workdir`; shared with the fine-tune entry point."""
   # Orbax logs every save step at INFO; progress lines are printed instead.
   logging.set_verbosity(logging.WARNING)
   initialize_distributed()
@@ -68,8 +68,13 @@ def main(argv):
           f'dataset {config.dataset}, batch {config.batch_size}')
   train_data, eval_data = make_inputs(config)
   log = print if jax.process_index() == 0 else (lambda _: None)
-  trainer.train(config, _WORKDIR.value, train_data=train_data,
-                eval_data=eval_data, log=log)
+  return trainer.train(config, _WORKDIR.value, train_data=train_data,
+                       eval_data=eval_data, pretrained=pretrained, log=log)
+
+
+def main(argv):
+  del argv
+  run()
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ import optax
 
 from vit_jax import metrics as metrics_lib
 from vit_jax import optim, sharding
+from vit_jax.checkpoints import flatten_params, unflatten_params
 from vit_jax.models import build_model
 from vit_jax.train_checkpoints import StateCheckpointer, abstract_with_shardings
 
@@ -114,8 +115,11 @@ def make_setup(config: ml_collections.ConfigDict,
   return TrainSetup(config, mesh, model, tx, schedule, shapes, shardings)
 
 
-def init_state(setup: TrainSetup, seed: int) -> State:
-  """A fresh state, created directly in its shardings."""
+def init_state(setup: TrainSetup, seed: int,
+               pretrained: dict[str, np.ndarray] | None = None) -> State:
+  """A fresh state, created directly in its shardings. `pretrained` (flat
+  'a/b/c' names -> host arrays, e.g. from vit_jax.transfer) replaces those
+  parameters; the optimizer state is then initialized from the result."""
   config, model = setup.config, setup.model
 
   def init(seed):
@@ -127,7 +131,19 @@ def init_state(setup: TrainSetup, seed: int) -> State:
                 rng=jax.random.key_data(train_rng),
                 nonfinite_step=jnp.full((), -1, jnp.int32))
 
-  return jax.jit(init, out_shardings=setup.state_shardings)(seed)
+  state = jax.jit(init, out_shardings=setup.state_shardings)(seed)
+  if not pretrained:
+    return state
+  flat = flatten_params(state['params'])
+  for key, value in pretrained.items():
+    # Every process holds the whole array and contributes its shards.
+    flat[key] = jax.make_array_from_callback(
+        value.shape, flat[key].sharding, lambda index, value=value: value[index])
+  with_optimizer = jax.jit(
+      lambda params, state: {**state, 'params': params,
+                             'opt_state': setup.tx.init(params)},
+      out_shardings=setup.state_shardings, donate_argnums=(1,))
+  return with_optimizer(unflatten_params(flat), state)
 
 
 def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
@@ -235,12 +251,15 @@ def _check_finite(state: State) -> None:
 def train(config: ml_collections.ConfigDict, workdir: str | None, *,
           train_data, eval_data: dict[str, Callable[[], Iterator[dict]]] | None = None,
           mesh: jax.sharding.Mesh | None = None,
+          pretrained: Callable[[TrainSetup], dict] | None = None,
           log: Callable[[str], None] = print) -> tuple[State, list[dict]]:
   """Trains to `config.total_steps`, resuming from `workdir` if it holds a
   checkpoint. `train_data` is an iterator of host batches with
   get_state/set_state (and optionally metrics()); `eval_data[name]()` yields
-  a fresh pass of eval batches, logged as eval/<name>. Returns the final
-  state and the logged metrics."""
+  a fresh pass of eval batches, logged as eval/<name>. `pretrained(setup)`
+  gives parameters to start from (fine-tuning); it is not called when the
+  run resumes from its own checkpoint. Returns the final state and the
+  logged metrics."""
   eval_data = eval_data or {}
   setup = make_setup(config, mesh)
   checkpointer = None
@@ -256,7 +275,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
       train_data.set_state(data_state)
       log(f'resumed from step {latest} in {workdir}')
   if state is None:
-    state = init_state(setup, config.seed)
+    state = init_state(setup, config.seed,
+                       pretrained(setup) if pretrained else None)
   train_step = make_train_step(setup)
   eval_step = make_eval_step(setup) if eval_data else None
   writer = metrics_lib.MetricWriter(workdir)

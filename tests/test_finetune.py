@@ -1,0 +1,174 @@
+"""Position-embedding resize, head swap, loading for fine-tuning, and the
+fine-tune entry point end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from vit_jax import checkpoints, transfer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _posemb(grid=(14, 14), prefix=1, width=5, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.standard_normal((1, prefix + grid[0] * grid[1], width)).astype(np.float32)
+
+
+def test_same_grid_is_the_identity():
+  posemb = _posemb()
+  np.testing.assert_array_equal(transfer.resize_posemb(posemb, (14, 14)), posemb)
+
+
+def test_resize_keeps_class_row_and_grid_corners():
+  posemb = _posemb()
+  resized = transfer.resize_posemb(posemb, (24, 24))
+  assert resized.shape == (1, 1 + 24 * 24, 5)
+  np.testing.assert_array_equal(resized[:, 0], posemb[:, 0])
+  old = posemb[0, 1:].reshape(14, 14, 5)
+  new = resized[0, 1:].reshape(24, 24, 5)
+  for (i, j), (k, l) in zip([(0, 0), (0, 13), (13, 0), (13, 13)],
+                            [(0, 0), (0, 23), (23, 0), (23, 23)]):
+    np.testing.assert_allclose(new[k, l], old[i, j], atol=1e-6)
+
+
+def test_bilinear_resize_matches_first_order_spline_zoom():
+  posemb = _posemb()
+  resized = transfer.resize_posemb(posemb, (24, 24))[0, 1:].reshape(24, 24, 5)
+  grid = posemb[0, 1:].reshape(14, 14, 5).astype(np.float64)
+  expected = scipy.ndimage.zoom(grid, (24 / 14, 24 / 14, 1), order=1)
+  np.testing.assert_allclose(resized, expected, atol=1e-5)
+
+
+def test_rectangular_target_and_models_without_class_token():
+  posemb = _posemb(prefix=0)
+  resized = transfer.resize_posemb(posemb, (12, 16), num_prefix_tokens=0)
+  assert resized.shape == (1, 12 * 16, 5)
+  new = resized[0].reshape(12, 16, 5)
+  np.testing.assert_allclose(new[-1, -1], posemb[0, -1], atol=1e-6)
+  # Downsizing a rectangular grid back works with old_grid given.
+  back = transfer.resize_posemb(resized, (6, 8), num_prefix_tokens=0,
+                                old_grid=(12, 16))
+  assert back.shape == (1, 48, 5)
+
+
+def test_other_orders_and_non_square_error():
+  posemb = _posemb(grid=(4, 4))
+  cubic = transfer.resize_posemb(posemb, (7, 7), order=3)
+  expected = scipy.ndimage.zoom(posemb[0, 1:].reshape(4, 4, 5).astype(np.float64),
+                                (7 / 4, 7 / 4, 1), order=3, grid_mode=False)
+  np.testing.assert_allclose(cubic[0, 1:].reshape(7, 7, 5), expected, atol=1e-5)
+  with pytest.raises(ValueError, match='15 grid tokens'):
+    transfer.resize_posemb(_posemb(grid=(3, 5))[:, :16], (4, 4))
+
+
+def _tree(grid, classes, pre_logits=False):
+  tree = {'Transformer': {'posembed_input': {'pos_embedding': np.zeros((1, 1 + grid * grid, 8))},
+                          'encoder_norm': {'scale': np.ones(8), 'bias': np.zeros(8)}},
+          'cls': np.zeros((1, 1, 8)), 'head': {'kernel': np.zeros((8, classes)),
+                                               'bias': np.zeros(classes)}}
+  if pre_logits:
+    tree['pre_logits'] = {'kernel': np.ones((8, 8)), 'bias': np.ones(8)}
+  return tree
+
+
+def test_fit_swaps_head_resizes_posemb_drops_pre_logits_and_logs():
+  source = checkpoints.flatten_params(_tree(4, 1000, pre_logits=True))
+  source['cls'] = np.full((1, 1, 8), 3.0)
+  lines = []
+  loaded = transfer.fit_pretrained(dict(source), _tree(6, 10), source='x.npz',
+                                   stacked=False, num_prefix_tokens=1,
+                                   log=lines.append)
+  assert sorted(loaded) == ['Transformer/encoder_norm/bias',
+                            'Transformer/encoder_norm/scale',
+                            'Transformer/posembed_input/pos_embedding', 'cls']
+  assert loaded['Transformer/posembed_input/pos_embedding'].shape == (1, 37, 8)
+  np.testing.assert_array_equal(loaded['cls'], source['cls'])
+  text = '\n'.join(lines)
+  assert 'not loaded: head/kernel (8, 1000)' in text
+  assert 'not loaded: pre_logits/kernel (8, 8)' in text
+  assert 'initialized fresh: head/kernel (8, 10)' in text
+  assert 'resized Transformer/posembed_input/pos_embedding (1, 17, 8) -> (1, 37, 8)' in text
+
+
+def test_fit_dont_load_keeps_fresh_values():
+  source = checkpoints.flatten_params(_tree(4, 10))
+  loaded = transfer.fit_pretrained(source, _tree(4, 10), source='x', stacked=False,
+                                   num_prefix_tokens=1,
+                                   dont_load=['Transformer/encoder_norm/.*'],
+                                   log=lambda _: None)
+  assert sorted(loaded) == ['Transformer/posembed_input/pos_embedding', 'cls']
+
+
+def test_checkpoint_of_another_model_lists_mismatches():
+  source = checkpoints.flatten_params(_tree(4, 10))
+  source['Transformer/encoder_norm/scale'] = np.ones(16)
+  del source['cls']
+  with pytest.raises(checkpoints.CheckpointMismatchError) as error:
+    transfer.fit_pretrained(source, _tree(4, 10), source='other.npz',
+                            stacked=False, num_prefix_tokens=1, log=lambda _: None)
+  message = str(error.value)
+  assert 'checkpoint other.npz does not match' in message
+  assert 'cls (1, 1, 8)' in message
+  assert 'Transformer/encoder_norm/scale (8,) vs (16,)' in message
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match=str(tmp_path / 'nope.npz')):
+    transfer.read_pretrained(str(tmp_path / 'nope.npz'))
+  with pytest.raises(FileNotFoundError, match=str(tmp_path / 'run')):
+    transfer.read_pretrained(str(tmp_path / 'run'))
+
+
+def test_augreg_names():
+  name = 'B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0'
+  assert transfer.augreg_path(name) == f'gs://vit_models/augreg/{name}.npz'
+  assert transfer.augreg_model_name(name + '.npz') == 'B/16'
+  assert transfer.augreg_model_name(
+      'R50+L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz') == 'R50+L/32'
+  assert transfer.augreg_path('/local/ViT-B_16.npz') == '/local/ViT-B_16.npz'
+
+
+def _run(module, workdir, *flags):
+  out = subprocess.run(
+      [sys.executable, '-m', module, '--workdir', str(workdir), *flags],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+def test_pretrain_then_finetune_at_higher_resolution_with_new_classes(tmp_path):
+  """Pre-trains on 5 synthetic classes at 8 px, then fine-tunes on the 10
+  digit classes at 12 px (posemb 4x4 -> 6x6) through the entry point."""
+  tiny = ['--config.model.hidden_size=32', '--config.model.mlp_dim=64',
+          '--config.model.num_heads=4',
+          '--config.model.num_layers=2', '--config.model.patch_size=(2, 2)']
+  _run('vit_jax.train', tmp_path / 'pre', '--config',
+       'configs/pretrain.py:model=Ti/16,dataset=synthetic,batch_size=64',
+       '--config.num_classes=5', '--config.image_size=8',
+       '--config.total_steps=20',
+       '--config.schedule.warmup_steps=2', '--config.checkpoint_steps=20',
+       '--config.eval_steps=20', *tiny)
+  stdout = _run('vit_jax.finetune', tmp_path / 'fine', '--config',
+                'configs/finetune.py:model=Ti/16,dataset=digits,batch_size=64',
+                f'--config.init_from={tmp_path / "pre"}', '--config.image_size=12',
+                '--config.pp_train=resize(12)', '--config.pp_eval=resize(12)',
+                '--config.total_steps=200', '--config.schedule.warmup_steps=20',
+                '--config.eval_steps=200', '--config.log_steps=50',
+                '--config.shuffle_buffer=2000', *tiny)
+  assert 'resized Transformer/posembed_input/pos_embedding (1, 17, 32) -> (1, 37, 32)' in stdout
+  assert 'initialized fresh: head/kernel (32, 10)' in stdout
+  records = [json.loads(l) for l in
+             (tmp_path / 'fine' / 'metrics.jsonl').read_text().splitlines()]
+  assert records[-1]['eval/accuracy_examples'] == 360
+  assert records[-1]['eval/accuracy'] >= 0.65  # measured: 0.708
+  exported = checkpoints.read_npz(str(tmp_path / 'fine' / 'finetuned.npz'))
+  assert exported['head/kernel'].shape == (32, 10)
+  assert exported['Transformer/posembed_input/pos_embedding'].shape == (1, 37, 32)
+  assert 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel' in exported

@@ -1,0 +1,69 @@
+"""Fine-tuning entry point: the pre-training loop started from a checkpoint.
+
+  python -m vit_jax.finetune --config configs/finetune.py:model=B/16,dataset=cifar10 \\
+      --config.init_from=gs://vit_models/imagenet21k/ViT-B_16.npz --workdir DIR
+
+The checkpoint's position embedding is resized to the new resolution, the
+head is replaced by a zero-initialized one for the new classes, and every
+other parameter is loaded (see vit_jax/transfer.py). Rerunning resumes from
+the workdir's own checkpoint. At the end the model is written as an
+official-layout .npz (`config.export`).
+"""
+
+from absl import app
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from configs.models import canonical_name
+from vit_jax import checkpoints, transfer
+from vit_jax import train as train_lib
+
+
+def pretrained_params(config, log=print):
+  """A `pretrained(setup)` callback for trainer.train."""
+  if not config.init_from:
+    raise ValueError('fine-tuning needs --config.init_from: an .npz file, an '
+                     'AugReg name, or a pre-training workdir (DIR or DIR@STEP).')
+
+  def load(setup):
+    flat, source = transfer.read_pretrained(config.init_from)
+    from_name = transfer.augreg_model_name(source)
+    if from_name and canonical_name(from_name) != canonical_name(config.model.name):
+      raise checkpoints.CheckpointMismatchError(
+          f'{source} is a {from_name} checkpoint but config.model is '
+          f'{config.model.name}; use configs/finetune.py:model={from_name}.')
+    log(f'loading {source}:')
+    return transfer.fit_pretrained(
+        flat, setup.state_shapes['params'], source=source,
+        stacked=bool(config.model.get('scan')),
+        num_prefix_tokens=1 if config.model.classifier.startswith('token') else 0,
+        dont_load=tuple(config.dont_load),
+        posemb_order=config.posemb_order, log=log)
+  return load
+
+
+def export(params, path: str, layout: str) -> None:
+  """Gathers the (possibly sharded) params and writes them on process 0."""
+  host = jax.tree.map(
+      lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
+      params)
+  if jax.process_index() == 0:
+    checkpoints.save_npz_params(host, path, layout=layout)
+    print(f'exported {path} ({layout} layout)')
+
+
+def main(argv):
+  del argv
+  config = train_lib._CONFIG.value  # pylint: disable=protected-access
+  log = print if jax.process_index() == 0 else (lambda _: None)
+  state, _ = train_lib.run(pretrained=pretrained_params(config, log))
+  if config.export:
+    workdir = train_lib._WORKDIR.value  # pylint: disable=protected-access
+    export(state['params'], f'{workdir}/finetuned.npz', config.export)
+
+
+if __name__ == '__main__':
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)

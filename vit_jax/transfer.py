@@ -1,0 +1,168 @@
+"""Pre-trained parameters onto a fine-tuning model: load, resize, swap.
+
+`load_pretrained` reads an official `.npz` (vit_jax or big_vision layout,
+local or gs://, or an AugReg file name), or an orbax checkpoint written by
+our pre-training, and fits it to the target model's parameter tree:
+
+* the position embedding is resized to the new patch grid (2D
+  interpolation; the class-token row is kept as it is);
+* the head is replaced by the target's fresh (zero) head;
+* the representation layer (`pre_logits`) is kept or dropped by config;
+* parameters matching a `dont_load` regex keep their fresh values.
+
+Every other parameter must match by name and shape; anything else raises
+one error that lists all mismatches. What was changed is logged.
+"""
+
+import logging
+import re
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import scipy.ndimage
+
+from vit_jax import checkpoints
+
+Params = Any
+POSEMB = 'Transformer/posembed_input/pos_embedding'
+HEAD = ('head/kernel', 'head/bias')
+AUGREG_BUCKET = 'gs://vit_models/augreg'
+_AUGREG_NAME = re.compile(r'^(?:(?P<hybrid>R\w+)\+)?(?P<width>Ti|S|B|L|H)_(?P<patch>\d+)-i(1|21)k-')
+
+
+def _linear_weights(new: int, old: int) -> np.ndarray:
+  """(new, old) weights of corner-aligned linear interpolation: output i
+  samples input position i * (old - 1) / (new - 1), so both ends map onto
+  both ends (first-order spline zoom)."""
+  if old == 1 or new == 1:
+    return np.full((new, old), 1.0 / old) if old > 1 and new == 1 else np.ones((new, 1))
+  positions = np.arange(new) * (old - 1) / (new - 1)
+  low = np.clip(np.floor(positions).astype(int), 0, old - 2)
+  frac = positions - low
+  weights = np.zeros((new, old))
+  weights[np.arange(new), low] = 1 - frac
+  weights[np.arange(new), low + 1] += frac
+  return weights
+
+
+def resize_posemb(posemb: np.ndarray, new_grid: tuple[int, int], *,
+                  num_prefix_tokens: int = 1,
+                  old_grid: tuple[int, int] | None = None,
+                  order: int = 1) -> np.ndarray:
+  """(1, prefix + gh*gw, D) -> (1, prefix + new_h*new_w, D).
+
+  `num_prefix_tokens` rows (the class token) are copied unchanged; the rest
+  is the patch grid (square unless `old_grid` says otherwise), interpolated
+  corner-aligned with a spline of `order` (1 = bilinear, the default; 0
+  nearest; 3 cubic)."""
+  posemb = np.asarray(posemb)
+  prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
+  if old_grid is None:
+    side = int(round(np.sqrt(len(grid))))
+    if side * side != len(grid):
+      raise ValueError(
+          f'position embedding has {len(grid)} grid tokens (after '
+          f'{num_prefix_tokens} prefix tokens), not a square; pass old_grid.')
+    old_grid = (side, side)
+  if tuple(old_grid) == tuple(new_grid):
+    return posemb
+  grid = grid.reshape(*old_grid, -1).astype(np.float64)
+  if order == 1:
+    rows = _linear_weights(new_grid[0], old_grid[0])
+    cols = _linear_weights(new_grid[1], old_grid[1])
+    resized = np.einsum('ih,jw,hwd->ijd', rows, cols, grid)
+  else:
+    zoom = (new_grid[0] / old_grid[0], new_grid[1] / old_grid[1], 1)
+    resized = scipy.ndimage.zoom(grid, zoom, order=order, grid_mode=False)
+  resized = resized.reshape(1, new_grid[0] * new_grid[1], -1).astype(posemb.dtype)
+  return np.concatenate([prefix, resized], axis=1)
+
+
+def augreg_path(name: str) -> str:
+  """An AugReg file name (with or without .npz) -> its path in the public
+  bucket; other strings are returned as they are."""
+  if '/' in name or not _AUGREG_NAME.match(name):
+    return name
+  return f'{AUGREG_BUCKET}/{name if name.endswith(".npz") else name + ".npz"}'
+
+
+def augreg_model_name(path: str) -> str | None:
+  """'.../B_16-i21k-300ep-...npz' -> 'B/16' (and 'R50+B/16' for hybrids)."""
+  match = _AUGREG_NAME.match(path.rsplit('/', 1)[-1])
+  if not match:
+    return None
+  name = f'{match["width"]}/{match["patch"]}'
+  return f'{match["hybrid"]}+{name}' if match['hybrid'] else name
+
+
+def read_orbax_params(directory: str, step: int | None = None) -> checkpoints.FlatParams:
+  """Params of a pre-training workdir (or its checkpoints/ folder), at
+  `step` or the newest step, as host arrays."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  root = epath.Path(directory)
+  if (root / 'checkpoints').is_dir():
+    root = root / 'checkpoints'
+  if not root.is_dir():
+    raise FileNotFoundError(f'checkpoint directory {directory!r} does not exist.')
+  with ocp.CheckpointManager(root, item_names=('state', 'data')) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {str(root)!r}; expected step '
+                              f'folders written by vit_jax.train.')
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))['state']
+  return {k: np.asarray(v) for k, v in
+          checkpoints.flatten_params(state['params']).items()}
+
+
+def read_pretrained(init_from: str) -> tuple[checkpoints.FlatParams, str]:
+  """(flat params, description) from any supported source. An orbax step
+  can be chosen with 'DIR@STEP'."""
+  path = augreg_path(init_from)
+  if path.endswith('.npz'):
+    return checkpoints.read_npz(path), path
+  directory, _, step = path.partition('@')
+  return read_orbax_params(directory, int(step) if step else None), path
+
+
+def fit_pretrained(flat: checkpoints.FlatParams, reference_params: Params, *,
+                   source: str, stacked: bool, num_prefix_tokens: int,
+                   new_grid: tuple[int, int] | None = None,
+                   dont_load: Sequence[str] = (), posemb_order: int = 1,
+                   log: Callable[[str], None] = logging.info
+                   ) -> checkpoints.FlatParams:
+  """The pre-trained values to load into a model whose parameter tree is
+  `reference_params` (arrays or ShapeDtypeStructs), as a flat dict. Names
+  absent from the result keep their fresh initialization: the head, names
+  fully matching a `dont_load` regex, and a representation layer that the
+  checkpoint lacks."""
+  flat = checkpoints.to_model_layout(flat, stacked=stacked)
+  reference = checkpoints.flatten_params(reference_params)
+  patterns = [re.compile(p) for p in dont_load]
+
+  def fresh(key):
+    return key in HEAD or any(p.fullmatch(key) for p in patterns) or (
+        key.startswith('pre_logits/') and key not in flat)
+  for key in sorted(flat):
+    if fresh(key) or (key.startswith('pre_logits/') and key not in reference):
+      log(f'  not loaded: {key} {np.shape(flat[key])}')
+      del flat[key]
+  kept_fresh = sorted(k for k in reference if fresh(k))
+  for key in kept_fresh:
+    log(f'  initialized fresh: {key} {tuple(reference[key].shape)}')
+  if POSEMB in flat and POSEMB in reference:
+    old, new = np.shape(flat[POSEMB]), tuple(reference[POSEMB].shape)
+    if old != new:
+      if new_grid is None:  # square, from the model's token count
+        side = int(round(np.sqrt(new[1] - num_prefix_tokens)))
+        new_grid = (side, side)
+      flat[POSEMB] = resize_posemb(flat[POSEMB], new_grid,
+                                   num_prefix_tokens=num_prefix_tokens,
+                                   order=posemb_order)
+      log(f'  resized {POSEMB} {old} -> {new} (grid {new_grid}, spline '
+          f'order {posemb_order})')
+  wanted = checkpoints.unflatten_params(
+      {k: v for k, v in reference.items() if k not in kept_fresh})
+  return checkpoints.flatten_params(
+      checkpoints.match_params(flat, wanted, source))
