@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if config.dataset == 'cifar10' and config.model.name == 'B/16':
     lr = 0.01  # the official B/16 CIFAR-10 run
   config.init_from = ''
-  config.dont_load = []   # regexes (full match) of parameters kept fresh
+  config.dont_load = ()   # regexes (full match) of parameters kept fresh
   config.posemb_order = 1  # spline order of the position-embedding resize
   config.export = 'vit_jax'  # write workdir/finetuned.npz in this layout; '' skips
   config.image_size = 384
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       name='sgd', momentum=0.9, first_moment_dtype='bfloat16',
       grad_clip_norm=1.0, weight_decay=0.0,
-      freeze=[]))  # regexes (full match) of parameters that stay fixed
+      freeze=()))  # regexes (full match) of parameters that stay fixed
   config.schedule = ml_collections.ConfigDict(dict(
       base_lr=lr, warmup_steps=warmup, decay_type='cosine', end_lr=0.0))
   config.eval_steps = max(steps // 10, 1)
