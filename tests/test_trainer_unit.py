@@ -1,5 +1,6 @@
 """Config parsing, losses, schedules, weight-decay masks, divergence stop."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -107,7 +108,6 @@ def test_batch_not_divisible_by_data_parallel_size():
 def test_eval_step_scores_multi_hot_labels_and_masks():
   """ReaL-style labels: top-1 is right when it is any positive class;
   examples without a positive class and padded examples do not count."""
-  import jax  # pylint: disable=g-import-not-at-top
   setup = trainer.make_setup(tiny_config({}))
   state = trainer.init_state(setup, 0)
   params = jax.tree.map(lambda x: x + 0.05 * jnp.cos(jnp.arange(x.size).reshape(x.shape)),
@@ -129,3 +129,15 @@ def test_eval_step_scores_multi_hot_labels_and_masks():
   sums = trainer.make_eval_step(setup)(
       params, {'images': images, 'labels': top1.astype(np.int32), 'mask': mask})
   assert float(sums['correct']) == 5 and float(sums['count']) == 5
+
+
+def test_frozen_parameters_do_not_move():
+  params = {'head': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)},
+            'Transformer': {'encoder_norm': {'scale': jnp.ones(2)}}}
+  tx = optim.make_optimizer(
+      {'name': 'sgd', 'momentum': 0.9, 'weight_decay': 0.0,
+       'freeze': ('Transformer/.*',)}, lambda step: 0.1)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_array_equal(updates['Transformer']['encoder_norm']['scale'], 0.0)
+  np.testing.assert_allclose(updates['head']['kernel'], -0.1)
