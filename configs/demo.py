@@ -6,7 +6,7 @@ runs on a fresh offline machine: 1,437 for training, 360 held out. Patches of
 pixel are the augmentation (flips would turn digits into other digits).
 """
 
-from configs import pretrain
+from configs import fewshot, pretrain
 
 
 def get_config(arg: str | None = None):
@@ -28,4 +28,8 @@ def get_config(arg: str | None = None):
   config.eval_steps = 500
   config.checkpoint_steps = 500
   config.keep_every = 0
+  # Linear probes on the digits' frozen features, every 500 steps.
+  config.fewshot = fewshot.get_fewshot_section(
+      {'digits': ('digits', 'train', 'test')}, log_steps=500)
+  config.fewshot.shots = (1, 5, 10)
   return config

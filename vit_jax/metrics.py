@@ -149,6 +149,8 @@ def progress_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
           'img_per_sec_per_device', 'mfu', 'eta_hours']
   keys += sorted(k for k in scalars
                  if k.startswith('eval/') and not k.endswith('_examples'))
+  keys += sorted(k for k in scalars
+                 if k.startswith('fewshot/') and not k.endswith('_std'))
   if scalars.get('data/skipped_images'):
     keys.append('data/skipped_images')
   for key in keys:

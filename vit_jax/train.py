@@ -69,7 +69,23 @@ def run(pretrained=None):
   train_data, eval_data = make_inputs(config)
   log = print if jax.process_index() == 0 else (lambda _: None)
   return trainer.train(config, _WORKDIR.value, train_data=train_data,
-                       eval_data=eval_data, pretrained=pretrained, log=log)
+                       eval_data=eval_data, pretrained=pretrained,
+                       evaluators=fewshot_evaluators(config, log), log=log)
+
+
+def fewshot_evaluators(config, log):
+  """Few-shot probes on `config.fewshot.log_steps`, if the config has them."""
+  if not config.get('fewshot') or not config.fewshot.datasets:
+    return None
+
+  def make(setup):
+    from vit_jax.evaluators import fewshot  # pylint: disable=g-import-not-at-top
+    evaluator = fewshot.FewshotEvaluator(
+        config.fewshot, model_config=config.model,
+        image_size=config.image_size, mesh=setup.mesh,
+        rules=trainer.rules_of(config), log=log)
+    return [(config.fewshot.log_steps, evaluator)]
+  return make
 
 
 def main(argv):

@@ -48,7 +48,7 @@ def classification_loss(logits: jax.Array, labels: jax.Array, *, kind: str,
   raise ValueError(f'unknown loss {kind!r}; expected one of {LOSSES}.')
 
 
-def _rules(config) -> tuple:
+def rules_of(config) -> tuple:
   return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
                for name, axes in config.sharding_rules)
 
@@ -99,7 +99,7 @@ def make_setup(config: ml_collections.ConfigDict,
   boxed = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros(image_shape))['params'])
   param_shardings = sharding.logical_shardings(
-      mesh, nn.get_partition_spec(boxed), _rules(config))
+      mesh, nn.get_partition_spec(boxed), rules_of(config))
   params = nn.unbox(boxed)
   opt_state = jax.eval_shape(tx.init, params)
   replicated = sharding.replicated(mesh)
@@ -148,7 +148,7 @@ def init_state(setup: TrainSetup, seed: int,
 
 def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
   config, model, tx = setup.config, setup.model, setup.tx
-  rules = _rules(config)
+  rules = rules_of(config)
   accum = config.accum_steps
 
   def loss_fn(params, images, labels, rng):
@@ -207,7 +207,7 @@ def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
 def make_eval_step(setup: TrainSetup) -> Callable[[Any, dict], dict]:
   """Sums of correct predictions and counted examples; a `mask` (padded
   examples 0) makes every example count exactly once."""
-  model, rules = setup.model, _rules(setup.config)
+  model, rules = setup.model, rules_of(setup.config)
 
   def eval_step(params, batch):
     with sharding.logical_constraints(setup.mesh, rules):
@@ -252,14 +252,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
           train_data, eval_data: dict[str, Callable[[], Iterator[dict]]] | None = None,
           mesh: jax.sharding.Mesh | None = None,
           pretrained: Callable[[TrainSetup], dict] | None = None,
+          evaluators: Callable[[TrainSetup], list] | None = None,
           log: Callable[[str], None] = print) -> tuple[State, list[dict]]:
   """Trains to `config.total_steps`, resuming from `workdir` if it holds a
   checkpoint. `train_data` is an iterator of host batches with
   get_state/set_state (and optionally metrics()); `eval_data[name]()` yields
   a fresh pass of eval batches, logged as eval/<name>. `pretrained(setup)`
   gives parameters to start from (fine-tuning); it is not called when the
-  run resumes from its own checkpoint. Returns the final state and the
-  logged metrics."""
+  run resumes from its own checkpoint. `evaluators(setup)` gives
+  (every_steps, fn) pairs; fn(params) returns scalars to log (e.g. few-shot
+  probes). Returns the final state and the logged metrics."""
   eval_data = eval_data or {}
   setup = make_setup(config, mesh)
   checkpointer = None
@@ -279,6 +281,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
                        pretrained(setup) if pretrained else None)
   train_step = make_train_step(setup)
   eval_step = make_eval_step(setup) if eval_data else None
+  extra_evaluators = evaluators(setup) if evaluators else []
   writer = metrics_lib.MetricWriter(workdir)
   throughput = metrics_lib.Throughput(
       batch_size=config.batch_size,
@@ -305,6 +308,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
             scalars[f'eval/{name}'], scalars[f'eval/{name}_examples'] = (
                 evaluate(eval_step, state['params'], batches(), setup.mesh))
           throughput.restart(step)
+        for every, evaluator in extra_evaluators:
+          if step % every == 0 or final:
+            scalars.update(evaluator(state['params']))
+            throughput.restart(step)
         writer.write(step, scalars)
         history.append({'step': step, **scalars})
         log(metrics_lib.progress_line(step, config.total_steps, scalars))

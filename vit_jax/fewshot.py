@@ -1,0 +1,74 @@
+"""Standalone few-shot linear-probe evaluation of a checkpoint.
+
+  python -m vit_jax.fewshot --config configs/fewshot.py:model=B/16 \\
+      --config.init_from=gs://vit_models/imagenet21k/ViT-B_16.npz [--workdir DIR]
+
+`init_from` is an .npz (vit_jax or big_vision layout), an AugReg name, a
+pre-training workdir (DIR or DIR@STEP), or 'random' for a freshly
+initialized model (the baseline a representation should beat). Prints a
+table; with --workdir also writes the metrics to its metrics.jsonl and
+TensorBoard logs.
+"""
+
+from absl import app, flags, logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+
+from vit_jax import checkpoints, metrics, sharding, transfer
+from vit_jax.evaluators import fewshot
+from vit_jax.models import build_model
+from vit_jax.trainer import rules_of
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file: configs/fewshot.py:model=B/16.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Optional: where to log.')
+
+
+def load_params(config, mesh):
+  """Feature-model params (no head) from `config.init_from`, replicated."""
+  model = build_model(config.model, None)
+  images = jnp.zeros((1, config.image_size, config.image_size, 3))
+  fresh = jax.jit(lambda: nn.unbox(model.init(
+      jax.random.key(config.seed), images)['params']))()
+  if config.init_from != 'random':
+    flat, source = transfer.read_pretrained(config.init_from)
+    loaded = transfer.fit_pretrained(
+        flat, fresh, source=source, stacked=bool(config.model.get('scan')),
+        num_prefix_tokens=1 if config.model.classifier.startswith('token') else 0,
+        log=print)
+    fresh = checkpoints.unflatten_params(
+        {**checkpoints.flatten_params(fresh), **loaded})
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      x.shape, replicated, lambda index, x=x: jax.device_get(x)[index]), fresh)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  if not config.init_from:
+    raise ValueError("--config.init_from is required: a checkpoint, or "
+                     "'random' for a randomly initialized model.")
+  mesh = sharding.make_mesh(config.mesh)
+  params = load_params(config, mesh)
+  evaluator = fewshot.FewshotEvaluator(
+      config.fewshot, model_config=config.model, image_size=config.image_size,
+      mesh=mesh, rules=rules_of(config), log=print)
+  results = evaluator(params)
+  if jax.process_index() == 0:
+    print(f'few-shot accuracy of {config.init_from} (mean +- std over '
+          f'{config.fewshot.seeds} seeds):')
+    print(fewshot.format_table(results))
+  if _WORKDIR.value:
+    writer = metrics.MetricWriter(_WORKDIR.value)
+    writer.write(0, results)
+    writer.close()
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
