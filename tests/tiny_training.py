@@ -38,6 +38,12 @@ def tiny_config(options):
     config.shuffle_buffer = 2_000
     config.eval_batch_size = options.get('eval_batch_size', 64)
     config.eval_steps = config.total_steps
+  if 'fewshot_steps' in options:
+    from configs.fewshot import get_fewshot_section  # pylint: disable=g-import-not-at-top
+    config.fewshot = get_fewshot_section(
+        {'digits': ('digits', 'train', 'test')}, log_steps=options['fewshot_steps'])
+    config.fewshot.shots = (1, 5)
+    config.fewshot.seeds = 2
   return config
 
 
@@ -53,12 +59,14 @@ def main():
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vit_jax import sharding, trainer  # pylint: disable=g-import-not-at-top
   from vit_jax.data.inputs import make_inputs  # pylint: disable=g-import-not-at-top
+  from vit_jax.train import fewshot_evaluators  # pylint: disable=g-import-not-at-top
   config = tiny_config(options)
   train_data, eval_data = make_inputs(config)
   if config.dataset == 'synthetic':
     eval_data = {}
   state, history = trainer.train(config, workdir, train_data=train_data,
                                  eval_data=eval_data,
+                                 evaluators=fewshot_evaluators(config, print),
                                  log=lambda line: print(line, flush=True))
   params = jax.tree.map(
       lambda x: np.asarray(jax.experimental.multihost_utils.process_allgather(
@@ -73,7 +81,9 @@ def main():
           (state['params'], state['opt_state']))),
       max_bytes_per_device=max(held.values()),
       num_devices=jax.device_count(),
-      final={k: v for k, v in history[-1].items() if k.startswith(('eval/', 'data/'))})
+      final={k: v for k, v in history[-1].items() if k.startswith(('eval/', 'data/'))},
+      fewshot={h['step']: {k: v for k, v in h.items() if k.startswith('fewshot/')}
+               for h in history if any(k.startswith('fewshot/') for k in h)})
   if jax.process_index() == 0:
     print('SUMMARY ' + json.dumps(summary), flush=True)
 
