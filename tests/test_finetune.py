@@ -172,3 +172,24 @@ def test_pretrain_then_finetune_at_higher_resolution_with_new_classes(tmp_path):
   assert exported['head/kernel'].shape == (32, 10)
   assert exported['Transformer/posembed_input/pos_embedding'].shape == (1, 37, 32)
   assert 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel' in exported
+
+
+def test_hybrid_checkpoint_fits_a_larger_resolution_and_new_head():
+  """A tiny R+ViT (one ResNet stage, 1x1 patches) pre-trained at 16 px loads
+  into the same model at 32 px with 7 classes: stem and encoder as they
+  are, the grid resized, the head fresh."""
+  from conftest import abstract_params, build, init_params, tiny_model_config  # pylint: disable=g-import-not-at-top
+  config = tiny_model_config(resnet_layers=(1,), patch_size=(1, 1))
+  source = checkpoints.flatten_params(
+      init_params(build(config, 1000), image_shape=(1, 16, 16, 3)))
+  target = abstract_params(build(config, 7), image_shape=(1, 32, 32, 3))
+  loaded = transfer.fit_pretrained(dict(source), target, source='hybrid.npz',
+                                   stacked=False, num_prefix_tokens=1,
+                                   log=lambda _: None)
+  expected = set(checkpoints.flatten_params(target)) - {'head/kernel', 'head/bias'}
+  assert set(loaded) == expected
+  assert any(k.startswith('block1/unit1/') for k in loaded)
+  np.testing.assert_array_equal(loaded['conv_root/kernel'], source['conv_root/kernel'])
+  # The stem divides by 4 before the stage, which keeps the size: grids 4x4 -> 8x8.
+  assert source[transfer.POSEMB].shape[1] == 1 + 4 * 4
+  assert loaded[transfer.POSEMB].shape[1] == 1 + 8 * 8
