@@ -21,6 +21,7 @@ PEAK_FLOPS = {
     'TPU v5p': 459e12,
     'TPU v5 lite': 197e12,
     'TPU v5e': 197e12,
+    'TPU v5': 459e12,  # v5p reports its kind as 'TPU v5'
     'TPU v4': 275e12,
     'TPU v3': 61.5e12,  # per core; a v3 chip is two devices
 }
