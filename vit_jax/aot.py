@@ -57,6 +57,9 @@ def topology_devices(name: str):
                        f'python -m vit_jax.aot (not imported).')
     return jax.devices('cpu')[:count]
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # Compiling touches no TPU, so several compiles (tests, parallel sweeps)
+  # may share the machine; libtpu otherwise takes a machine-wide lock.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   try:
     return topologies.get_topology_desc(
         platform='tpu', topology_name=name).devices

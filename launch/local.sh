@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# N training processes on this machine, as if they were N hosts (one per
+# GPU, or CPU processes to try a multi-host setup).
+#
+#   launch/local.sh [--dry-run] [--processes N] [--port P] --workdir DIR \
+#       --config configs/demo.py [-- more training flags]
+#
+# Process 0 coordinates on 127.0.0.1:PORT. With GPUs, process i sees only
+# GPU i. Rerunning the same command resumes from the workdir.
+
+set -euo pipefail
+
+DRY_RUN=0
+PROCESSES=1
+PORT=12355
+WORKDIR=""
+CONFIG="configs/demo.py"
+PYTHON="${PYTHON:-python3}"
+TRAIN_FLAGS=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1; shift ;;
+    --processes) PROCESSES="$2"; shift 2 ;;
+    --port) PORT="$2"; shift 2 ;;
+    --workdir) WORKDIR="$2"; shift 2 ;;
+    --config) CONFIG="$2"; shift 2 ;;
+    --) shift; TRAIN_FLAGS=("$@"); break ;;
+    *) echo "local.sh: unknown option '$1'" >&2; exit 2 ;;
+  esac
+done
+[[ -n "$WORKDIR" ]] || { echo "local.sh: --workdir is required" >&2; exit 2; }
+
+gpus=0
+if command -v nvidia-smi > /dev/null 2>&1; then
+  gpus="$(nvidia-smi -L | wc -l)"
+fi
+
+pids=()
+for ((i = 0; i < PROCESSES; i++)); do
+  command=("$PYTHON" -m vit_jax.train "--config=$CONFIG" "--workdir=$WORKDIR")
+  if [[ "$PROCESSES" -gt 1 ]]; then
+    command+=("--coordinator_address=127.0.0.1:$PORT"
+              "--num_processes=$PROCESSES" "--process_id=$i")
+  fi
+  command+=("${TRAIN_FLAGS[@]}")
+  visible=()
+  if [[ "$PROCESSES" -gt 1 && "$gpus" -ge "$PROCESSES" ]]; then
+    visible=(env "CUDA_VISIBLE_DEVICES=$i")
+  fi
+  if [[ "$DRY_RUN" == 1 ]]; then
+    printf '%q ' "${visible[@]}" "${command[@]}"
+    printf '\n'
+  else
+    "${visible[@]}" "${command[@]}" &
+    pids+=("$!")
+  fi
+done
+
+status=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || status=$?
+done
+exit "$status"

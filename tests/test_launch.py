@@ -1,0 +1,119 @@
+"""Launch scripts (dry runs, syntax, shellcheck, a real two-process local
+run) and the ahead-of-time compile for a TPU topology."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ['launch/tpu_pod.sh', 'launch/gpu_slurm.sbatch', 'launch/local.sh']
+
+
+def sh(*args, env=None):
+  out = subprocess.run(['bash', *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, **(env or {})})
+  return out
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_scripts_parse_and_pass_shellcheck(script):
+  assert sh('-n', script).returncode == 0
+  shellcheck = shutil.which('shellcheck') or os.path.join(
+      os.path.dirname(sys.executable), 'shellcheck')
+  out = subprocess.run([shellcheck, script], cwd=ROOT, capture_output=True,
+                       text=True)
+  assert out.returncode == 0, out.stdout
+
+
+def test_tpu_train_runs_the_same_command_on_every_worker():
+  args = ['launch/tpu_pod.sh', '--dry-run', 'train', '--name', 'vit',
+          '--zone', 'us-east5-a', '--workdir', 'gs://bucket/run',
+          '--tfds-data-dir', 'gs://bucket/tfds',
+          '--config', 'configs/pretrain.py:model=B/16', '--',
+          '--config.batch_size=4096']
+  first, again = sh(*args), sh(*args)
+  assert first.returncode == 0, first.stderr
+  # A rerun (e.g. after a preemption) is the identical command, and the
+  # trainer resumes from the newest checkpoint in the shared workdir.
+  assert first.stdout == again.stdout
+  lines = first.stdout.strip().splitlines()
+  assert len(lines) == 1
+  line = lines[0]
+  assert line.startswith('gcloud compute tpus tpu-vm ssh vit --zone=us-east5-a '
+                         '--worker=all --command=')
+  for part in ('vit_jax.train', '--workdir=gs://bucket/run',
+               'TFDS_DATA_DIR=gs://bucket/tfds', '--config.batch_size=4096',
+               'nohup'):
+    assert part in line
+
+
+def test_tpu_create_setup_stop_delete_and_errors():
+  create = sh('launch/tpu_pod.sh', '--dry-run', 'create', '--name', 'vit',
+              '--zone', 'z', '--accelerator', 'v5p-128', '--spot', '--queued')
+  assert create.stdout.split() == [
+      'gcloud', 'compute', 'tpus', 'queued-resources', 'create', 'vit',
+      '--zone=z', '--node-id=vit', '--accelerator-type=v5p-128',
+      '--runtime-version=v2-alpha-tpuv5', '--spot']
+  setup = sh('launch/tpu_pod.sh', '--dry-run', 'setup', '--name', 'vit', '--zone', 'z')
+  assert '--worker=all' in setup.stdout and 'jax\\[tpu\\]' in setup.stdout
+  stop = sh('launch/tpu_pod.sh', '--dry-run', 'stop', '--name', 'vit', '--zone', 'z')
+  assert '--worker=all' in stop.stdout and 'pkill\\ -TERM' in stop.stdout
+  delete = sh('launch/tpu_pod.sh', '--dry-run', 'delete', '--name', 'vit',
+              '--zone', 'z', '--queued')
+  assert 'queued-resources delete vit' in delete.stdout
+  local_workdir = sh('launch/tpu_pod.sh', '--dry-run', 'train', '--name', 'vit',
+                     '--zone', 'z', '--workdir', '/tmp/run')
+  assert local_workdir.returncode == 2
+  assert "--workdir must be a gs:// path" in local_workdir.stderr
+
+
+def test_slurm_dry_run_starts_one_distributed_process_per_task():
+  out = sh('launch/gpu_slurm.sbatch', '--workdir', '/shared/run', '--config',
+           'configs/pretrain.py:model=B/16', '--', '--config.batch_size=4096',
+           env={'DRY_RUN': '1'})
+  assert out.stdout.split() == [
+      'srun', '--kill-on-bad-exit=1', '--cpu-bind=none', 'python3', '-m',
+      'vit_jax.train', '--distributed=on', '--config=configs/pretrain.py:model=B/16',
+      '--workdir=/shared/run', '--config.batch_size=4096']
+  text = open(os.path.join(ROOT, 'launch/gpu_slurm.sbatch')).read()
+  assert '#SBATCH --ntasks-per-node=8' in text and '#SBATCH --gpus-per-node=8' in text
+
+
+def test_local_launcher_runs_two_processes(tmp_path):
+  dry = sh('launch/local.sh', '--dry-run', '--processes', '2', '--workdir',
+           str(tmp_path))
+  lines = dry.stdout.strip().splitlines()
+  assert [l.split()[-1] for l in lines] == ['--process_id=0', '--process_id=1']
+  out = sh('launch/local.sh', '--processes', '2', '--port', '12391',
+           '--workdir', str(tmp_path), '--', '--config.total_steps=4',
+           '--config.schedule.warmup_steps=1', '--config.log_steps=2',
+           '--config.eval_steps=4', '--config.checkpoint_steps=4',
+           env={'JAX_PLATFORMS': 'cpu', 'PYTHON': sys.executable})
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert '2 processes, 2 devices' in out.stdout
+  records = [json.loads(l) for l in
+             (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert records[-1]['step'] == 4 and records[-1]['eval/accuracy_examples'] == 360
+
+
+def test_aot_compiles_the_train_step_for_a_v5e_2x2():
+  try:
+    import libtpu  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    pytest.skip('libtpu is not installed (pip install -e ".[tpu-aot]"); '
+                'it is needed to compile for a TPU topology.')
+  from configs.demo import get_config  # pylint: disable=g-import-not-at-top
+  from vit_jax import aot  # pylint: disable=g-import-not-at-top
+  config = get_config()
+  config.unlock()
+  config.image_size = 32
+  report = aot.compile_report(config, aot.topology_devices('v5e:2x2'))
+  assert report['device_kind'] == 'TPU v5 lite' and report['chips'] == 4
+  assert 0 < report['total_gib'] < report['hbm_gib'] == 16 and report['fits']
+  # The compiler's FLOPs agree with the analytic count within 10%.
+  assert abs(report['xla_flops_per_chip'] / report['analytic_flops_per_chip'] - 1) < 0.1
+  assert 'memory:' in aot.format_report(report)
