@@ -119,7 +119,8 @@ def compile_report(config, devices) -> dict:
     roofline = max(flops / peak, traffic / bandwidth)
   report = dict(
       model=config.model.name, batch_size=config.batch_size, image_size=size,
-      dtype=str(config.model.dtype), device_kind=kind, chips=chips,
+      dtype=str(config.model.dtype), remat=config.model.remat_policy,
+      device_kind=kind, chips=chips,
       mesh=dict(mesh.shape),
       argument_gib=memory.argument_size_in_bytes / GIB,
       temp_gib=memory.temp_size_in_bytes / GIB,
