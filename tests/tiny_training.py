@@ -64,10 +64,14 @@ def main():
   train_data, eval_data = make_inputs(config)
   if config.dataset == 'synthetic':
     eval_data = {}
-  state, history = trainer.train(config, workdir, train_data=train_data,
-                                 eval_data=eval_data,
-                                 evaluators=fewshot_evaluators(config, print),
-                                 log=lambda line: print(line, flush=True))
+  from vit_jax.preemption import EXIT_PREEMPTED, Preempted  # pylint: disable=g-import-not-at-top
+  try:
+    state, history = trainer.train(config, workdir, train_data=train_data,
+                                   eval_data=eval_data,
+                                   evaluators=fewshot_evaluators(config, print),
+                                   log=lambda line: print(line, flush=True))
+  except Preempted:
+    sys.exit(EXIT_PREEMPTED)
   params = jax.tree.map(
       lambda x: np.asarray(jax.experimental.multihost_utils.process_allgather(
           x, tiled=True)), state['params'])

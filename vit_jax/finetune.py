@@ -10,6 +10,8 @@ the workdir's own checkpoint. At the end the model is written as an
 official-layout .npz (`config.export`).
 """
 
+import sys
+
 from absl import app
 import jax
 from jax.experimental import multihost_utils
@@ -18,6 +20,7 @@ import numpy as np
 from configs.models import canonical_name
 from vit_jax import checkpoints, transfer
 from vit_jax import train as train_lib
+from vit_jax.preemption import EXIT_PREEMPTED, Preempted
 
 
 def pretrained_params(config, log=print):
@@ -57,7 +60,11 @@ def main(argv):
   del argv
   config = train_lib._CONFIG.value  # pylint: disable=protected-access
   log = print if jax.process_index() == 0 else (lambda _: None)
-  state, _ = train_lib.run(pretrained=pretrained_params(config, log))
+  try:
+    state, _ = train_lib.run(pretrained=pretrained_params(config, log))
+  except Preempted as e:
+    print(e)
+    sys.exit(EXIT_PREEMPTED)
   if config.export:
     workdir = train_lib._WORKDIR.value  # pylint: disable=protected-access
     export(state['params'], f'{workdir}/finetuned.npz', config.export)

@@ -10,12 +10,14 @@ and --process_id to every process.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
 from vit_jax import trainer
+from vit_jax.preemption import EXIT_PREEMPTED, Preempted
 from vit_jax.data.inputs import make_inputs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -90,7 +92,11 @@ def fewshot_evaluators(config, log):
 
 def main(argv):
   del argv
-  run()
+  try:
+    run()
+  except Preempted as e:
+    print(e)
+    sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ from vit_jax import metrics as metrics_lib
 from vit_jax import optim, sharding
 from vit_jax.checkpoints import flatten_params, unflatten_params
 from vit_jax.models import build_model
+from vit_jax.preemption import Preempted, PreemptionWatcher
 from vit_jax.train_checkpoints import StateCheckpointer, abstract_with_shardings
 
 State = dict[str, Any]
@@ -289,6 +290,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
           config.model, config.image_size, config.num_classes),
       total_steps=config.total_steps, num_devices=setup.mesh.size)
   history = []
+  watcher = PreemptionWatcher().__enter__()
   step = int(jax.device_get(state['step']))
   throughput.update(step)
   try:
@@ -315,10 +317,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
         writer.write(step, scalars)
         history.append({'step': step, **scalars})
         log(metrics_lib.progress_line(step, config.total_steps, scalars))
-      if checkpointer is not None and checkpointer.should_save(step, final):
+      stop = watcher.should_stop(step) and not final
+      if checkpointer is not None and (
+          checkpointer.should_save(step, final) or stop):
         _check_finite(state)
         checkpointer.save(step, state, train_data.get_state())
+      if stop:
+        log(f'stop requested (SIGTERM): checkpoint at step {step}; rerun to resume')
+        raise Preempted(step)
   finally:
+    watcher.__exit__(None, None, None)
     if checkpointer is not None:
       checkpointer.close()
     writer.close()

@@ -1,0 +1,41 @@
+"""SIGTERM (what TPU VMs and SLURM send before a preemption): a checkpoint
+at the current step, a distinct exit code, and an exact resume."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from test_trainer_sharded import SCRIPT, env_with_devices, run
+
+EXIT_PREEMPTED = 75
+
+
+def test_sigterm_saves_the_current_step_and_resume_is_exact(tmp_path):
+  options = {'steps': 150, 'checkpoint_steps': 1000}
+  straight = run(options, tmp_path / 'straight')
+
+  workdir = tmp_path / 'preempted'
+  proc = subprocess.Popen(
+      [sys.executable, SCRIPT, json.dumps(options), str(workdir)],
+      env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+      text=True)
+  deadline = time.time() + 240
+  for line in proc.stdout:
+    if line.startswith('step 20/'):
+      break
+    assert time.time() < deadline
+  proc.send_signal(signal.SIGTERM)
+  rest, _ = proc.communicate(timeout=120)
+  assert proc.returncode == EXIT_PREEMPTED
+  stop_line = [l for l in rest.splitlines() if l.startswith('stop requested')][0]
+  step = int(stop_line.split('checkpoint at step ')[1].split(';')[0])
+  assert 20 <= step < 150
+  saved = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  assert saved == [step]  # the periodic cadence (1000) never fired
+
+  resumed = run(options, workdir)
+  assert resumed['steps'][0] == step + 1
+  assert resumed['digest'] == straight['digest']
