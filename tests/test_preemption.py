@@ -39,3 +39,29 @@ def test_sigterm_saves_the_current_step_and_resume_is_exact(tmp_path):
   resumed = run(options, workdir)
   assert resumed['steps'][0] == step + 1
   assert resumed['digest'] == straight['digest']
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  options = {'steps': 400, 'checkpoint_steps': 1000, 'mesh': {'data': 8},
+             'coordinator': f'127.0.0.1:{port}'}
+  procs = [subprocess.Popen(
+      [sys.executable, SCRIPT, json.dumps({**options, 'process_id': i}),
+       str(tmp_path)], env=env_with_devices(4), stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL, text=True) for i in range(2)]
+  deadline = time.time() + 240
+  for line in procs[0].stdout:
+    if line.startswith('step 20/'):
+      break
+    assert time.time() < deadline
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=120)[0] for p in procs]
+  assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2
+  stop_line = [l for l in outputs[0].splitlines() if l.startswith('stop requested')][0]
+  step = int(stop_line.split('checkpoint at step ')[1].split(';')[0])
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  assert saved == [step] and step < 400
