@@ -65,3 +65,28 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
   saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
                  if p.name.isdigit())
   assert saved == [step] and step < 400
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+  options = {'steps': 8, 'checkpoint_steps': 2, 'async_checkpoints': False}
+  straight = run(options, tmp_path / 'straight')
+  workdir = tmp_path / 'damaged'
+  run(options, workdir)
+  checkpoints = workdir / 'checkpoints'
+  assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ['6', '8']
+  # Truncate every array file of the newest checkpoint, as a write cut short
+  # by a crash would leave it.
+  damaged = [f for f in (checkpoints / '8' / 'state').rglob('*')
+             if f.is_file() and f.stat().st_size > 0 and 'd' == f.parent.name]
+  assert damaged
+  for f in damaged:
+    f.write_bytes(f.read_bytes()[:10])
+  out = subprocess.run([sys.executable, SCRIPT, json.dumps(options), str(workdir)],
+                       env=env_with_devices(1), capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'checkpoint at step 8' in out.stdout and 'cannot be restored' in out.stdout
+  assert 'resumed from step 6' in out.stdout
+  assert (checkpoints / '8.damaged').is_dir()  # kept for inspection
+  summary = json.loads(out.stdout.split('SUMMARY ')[-1])
+  assert summary['digest'] == straight['digest']

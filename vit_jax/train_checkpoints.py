@@ -20,6 +20,7 @@ class StateCheckpointer:
   def __init__(self, workdir: str, *, save_every: int, keep: int,
                keep_every: int | None = None, async_save: bool = True):
     directory = epath.Path(workdir) / 'checkpoints'
+    self._directory = directory
     self._save_every = save_every
     self._manager = ocp.CheckpointManager(
         directory,
@@ -49,6 +50,37 @@ class StateCheckpointer:
         state=ocp.args.StandardRestore(abstract_state),
         data=ocp.args.JsonRestore()))
     return restored['state'], restored['data']
+
+  def restore_newest_intact(self, abstract_state: Any, log=print
+                            ) -> tuple[int, Any, dict] | None:
+    """(step, state, data state) of the newest checkpoint that restores, or
+    None when there is none. A damaged checkpoint (a write cut short,
+    missing or truncated files) is reported and moved aside to
+    `<step>.damaged`, never deleted, and the previous one is tried."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state, data_state = self.restore(step, abstract_state)
+        return step, state, data_state
+      except Exception as e:  # pylint: disable=broad-except
+        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        log(f'checkpoint at step {step} in {self._directory} cannot be '
+            f'restored ({type(e).__name__}: {reason}); keeping it as '
+            f'{step}.damaged and trying the previous one')
+        self._set_aside(step)
+    return None
+
+  def _set_aside(self, step: int) -> None:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if jax.process_index() == 0:
+      path = self._directory / str(step)
+      target = self._directory / f'{step}.damaged'
+      suffix = 1
+      while target.exists():
+        target = self._directory / f'{step}.damaged.{suffix}'
+        suffix += 1
+      path.rename(target)
+    multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

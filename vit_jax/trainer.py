@@ -272,9 +272,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
         workdir, save_every=config.checkpoint_steps,
         keep=config.keep_checkpoints, keep_every=config.keep_every,
         async_save=config.async_checkpoints)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-      state, data_state = checkpointer.restore(latest, setup.abstract_state)
+    restored = checkpointer.restore_newest_intact(setup.abstract_state, log)
+    if restored is not None:
+      latest, state, data_state = restored
       train_data.set_state(data_state)
       log(f'resumed from step {latest} in {workdir}')
   if state is None:
