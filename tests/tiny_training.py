@@ -55,7 +55,8 @@ def main():
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(
         coordinator_address=options['coordinator'], num_processes=2,
-        process_id=options['process_id'])
+        process_id=options['process_id'],
+        heartbeat_timeout_seconds=options.get('heartbeat_timeout', 100))
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vit_jax import sharding, trainer  # pylint: disable=g-import-not-at-top
   from vit_jax.data.inputs import make_inputs  # pylint: disable=g-import-not-at-top

@@ -33,6 +33,10 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0 (multi-host only).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Process count.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout', 60, 'Seconds without a heartbeat after which a '
+    'process counts as dead and every other process stops (non-zero exit) '
+    'instead of waiting in a collective.')
 
 # Environment variables that mean "this is one process of a cluster" for
 # jax.distributed's own auto-detection.
@@ -47,9 +51,9 @@ def initialize_distributed() -> None:
       (explicit or any(os.environ.get(k) for k in _CLUSTER_ENV)))
   if not wanted:
     return
-  kwargs = {}
+  kwargs = dict(heartbeat_timeout_seconds=_HEARTBEAT.value)
   if explicit:
-    kwargs = dict(coordinator_address=_COORDINATOR.value,
+    kwargs.update(coordinator_address=_COORDINATOR.value,
                   num_processes=_NUM_PROCESSES.value,
                   process_id=_PROCESS_ID.value)
   # CPU-only clusters (tests, debugging) need a cross-process collective

@@ -1,5 +1,6 @@
-"""SIGTERM (what TPU VMs and SLURM send before a preemption): a checkpoint
-at the current step, a distinct exit code, and an exact resume."""
+"""Reliability: SIGTERM (what TPU VMs and SLURM send before a preemption)
+gives a checkpoint at the current step, a distinct exit code and an exact
+resume; a damaged checkpoint falls back; a dead host stops the others."""
 
 import json
 import signal
@@ -90,3 +91,28 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   assert (checkpoints / '8.damaged').is_dir()  # kept for inspection
   summary = json.loads(out.stdout.split('SUMMARY ')[-1])
   assert summary['digest'] == straight['digest']
+
+
+def test_when_one_host_dies_the_other_exits_within_a_minute():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  options = {'steps': 100_000, 'checkpoint_steps': 100_000, 'mesh': {'data': 8},
+             'coordinator': f'127.0.0.1:{port}', 'heartbeat_timeout': 10}
+  procs = [subprocess.Popen(
+      [sys.executable, SCRIPT, json.dumps({**options, 'process_id': i})],
+      env=env_with_devices(4), stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL, text=True) for i in range(2)]
+  try:
+    for line in procs[0].stdout:
+      if line.startswith('step 20/'):
+        break
+    procs[1].send_signal(signal.SIGKILL)
+    start = time.time()
+    procs[0].wait(timeout=60)
+    assert procs[0].returncode != 0
+    assert time.time() - start < 60
+  finally:
+    for p in procs:
+      p.kill()
