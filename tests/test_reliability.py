@@ -3,6 +3,7 @@ gives a checkpoint at the current step, a distinct exit code and an exact
 resume; a damaged checkpoint falls back; a dead host stops the others."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -149,3 +150,23 @@ def test_random_sigkills_never_lose_the_run(tmp_path):
     summary = json.loads(''.join(lines).split('SUMMARY ')[-1])
     assert summary['steps'][-1] == 24
     assert summary['digest'] == straight['digest'], f'trial {trial}'
+
+
+def test_resuming_with_another_model_shape_is_an_error_not_damage(tmp_path):
+  run({'steps': 2, 'checkpoint_steps': 2, 'async_checkpoints': False}, tmp_path)
+  out = subprocess.run(
+      [sys.executable, '-c', (
+          'import sys; sys.path.insert(0, "tests");'
+          'from tiny_training import tiny_config;'
+          'from vit_jax import trainer;'
+          'from vit_jax.data.synthetic import BatchIterator, SyntheticSource;'
+          'c = tiny_config({"steps": 4}); c.model.mlp_dim = 96;'
+          f'trainer.train(c, {str(tmp_path)!r}, train_data=BatchIterator('
+          'SyntheticSource(num_classes=10, image_size=16, batch_size=16)))')],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      env=env_with_devices(1), capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert 'CheckpointConfigError' in out.stderr
+  assert 'model of another shape' in out.stderr
+  assert 'MlpBlock_0/Dense_0/kernel: checkpoint (32, 64) vs config (32, 96)' in out.stderr
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2']

@@ -30,7 +30,11 @@ class StateCheckpointer:
             keep_period=keep_every or None,
             enable_async_checkpointing=async_save,
             create=True),
-        item_names=('state', 'data'))
+        item_names=('state', 'data'),
+        # Handlers up front, so that metadata (shapes) can be read before
+        # a restore.
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': ocp.JsonCheckpointHandler()})
 
   def should_save(self, step: int, final: bool = False) -> bool:
     return final or step % self._save_every == 0
@@ -58,6 +62,7 @@ class StateCheckpointer:
     missing or truncated files) is reported and moved aside to
     `<step>.damaged`, never deleted, and the previous one is tried."""
     for step in sorted(self._manager.all_steps(), reverse=True):
+      self._check_param_shapes(step, abstract_state)
       try:
         state, data_state = self.restore(step, abstract_state)
         return step, state, data_state
@@ -68,6 +73,28 @@ class StateCheckpointer:
             f'{step}.damaged and trying the previous one')
         self._set_aside(step)
     return None
+
+  def _check_param_shapes(self, step: int, abstract_state: Any) -> None:
+    """A checkpoint of another model is a config error, not damage: say so
+    instead of setting the checkpoint aside."""
+    try:
+      saved = self._manager.item_metadata(step)['state']
+      saved = _param_shapes(saved)
+    except Exception:  # pylint: disable=broad-except
+      return  # unreadable metadata: the restore will report the damage
+    expected = _param_shapes(abstract_state)
+    if not saved or saved == expected:
+      return
+    lines = [f'  {k}: checkpoint {saved.get(k)} vs config {expected.get(k)}'
+             for k in sorted(set(saved) | set(expected))
+             if saved.get(k) != expected.get(k)]
+    raise CheckpointConfigError(
+        f'the checkpoint at step {step} in {self._directory} was written by a '
+        f'model of another shape than config.model describes:\n'
+        + '\n'.join(lines[:20]) + (f'\n  ... {len(lines) - 20} more'
+                                    if len(lines) > 20 else '')
+        + '\nResume with the config it was trained with, or use a new '
+        '--workdir (to start from these weights, fine-tune with init_from).')
 
   def _set_aside(self, step: int) -> None:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -88,6 +115,20 @@ class StateCheckpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class CheckpointConfigError(ValueError):
+  """The workdir's checkpoint does not fit the model of the config."""
+
+
+def _param_shapes(state: Any) -> dict[str, tuple]:
+  """'params/...' leaf path -> shape, for any tree of arrays or metadata."""
+  shapes = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    key = '/'.join(str(getattr(p, 'key', getattr(p, 'idx', p))) for p in path)
+    if key.startswith('params/') and hasattr(leaf, 'shape'):
+      shapes[key] = tuple(leaf.shape)
+  return shapes
 
 
 def abstract_with_shardings(shapes: Any, shardings: Any) -> Any:
