@@ -92,6 +92,13 @@ def make_setup(config: ml_collections.ConfigDict,
         f'batch_size={config.batch_size} is not divisible by data-parallel '
         f'size {dp} x accum_steps {config.accum_steps}; choose a multiple of '
         f'{dp * config.accum_steps}.')
+  patch = tuple(config.model.patch_size)
+  if not config.model.get('resnet_layers') and (
+      config.image_size % patch[0] or config.image_size % patch[1]):
+    raise ValueError(
+        f'image_size={config.image_size} is not divisible by the patch size '
+        f'{patch}: the last pixels would be dropped silently. Choose an '
+        f'image size that is a multiple of it.')
   model = build_model(config.model, config.num_classes)
   schedule = optim.make_schedule(
       total_steps=config.total_steps, **config.schedule)
@@ -249,6 +256,30 @@ def _check_finite(state: State) -> None:
         f'Lower the learning rate, raise warmup, or check the input data.')
 
 
+def _check_writable(workdir: str) -> None:
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  try:
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / '.write_test'
+    probe.write_text('ok')
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f'workdir {workdir!r} cannot be written ({type(e).__name__}: {e}); '
+        f'pass a directory you can write to (local, or gs:// with write '
+        f'access).') from None
+
+
+def _check_images(host_batch: dict, config) -> None:
+  got = tuple(host_batch['images'].shape[1:3])
+  if got != (config.image_size, config.image_size):
+    raise ValueError(
+        f'the input pipeline gives {got[0]}x{got[1]} images but '
+        f'config.image_size={config.image_size}; make pp_train/pp_eval end at '
+        f'{{image_size}} or set --config.image_size={got[0]}.')
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | None, *,
           train_data, eval_data: dict[str, Callable[[], Iterator[dict]]] | None = None,
           mesh: jax.sharding.Mesh | None = None,
@@ -268,6 +299,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
   checkpointer = None
   state = None
   if workdir is not None:
+    _check_writable(workdir)
     checkpointer = StateCheckpointer(
         workdir, save_every=config.checkpoint_steps,
         keep=config.keep_checkpoints, keep_every=config.keep_every,
@@ -295,7 +327,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
   throughput.update(step)
   try:
     while step < config.total_steps:
-      batch = sharding.global_batch(next(train_data), setup.mesh)
+      host_batch = next(train_data)
+      _check_images(host_batch, config)
+      batch = sharding.global_batch(host_batch, setup.mesh)
       state, step_metrics = train_step(state, batch)
       step += 1
       final = step == config.total_steps
