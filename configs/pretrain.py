@@ -80,6 +80,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss = 'sigmoid_xent' if config.dataset == 'imagenet21k' else 'softmax_xent'
   config.label_smoothing = 0.0
   config.accum_steps = 1  # micro-batches per step (gradient accumulation)
+  # Steps whose loss or gradient norm is NaN/Inf may leave the state as it
+  # was, up to this many times; the next one stops the run.
+  config.skip_nonfinite_updates = 0
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='adam', b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0,

@@ -89,10 +89,11 @@ def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):
                                       'grad_clip_norm': 0.0}})
   config.schedule.update(base_lr=1e12, warmup_steps=0, decay_type='constant')
   source = SyntheticSource(num_classes=10, image_size=16, batch_size=16)
-  with pytest.raises(trainer.NonFiniteError, match=r'NaN/Inf at step \d') as error:
+  with pytest.raises(trainer.NonFiniteError,
+                     match=r'non-finite values at step \d+: loss=') as error:
     trainer.train(config, str(tmp_path), train_data=BatchIterator(source),
                   log=lambda _: None)
-  bad_step = int(str(error.value).split('at step ')[1].split(';')[0])
+  bad_step = int(str(error.value).split('at step ')[1].split(':')[0])
   saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
                  if p.name.isdigit())
   assert all(step <= bad_step for step in saved)
@@ -141,3 +142,35 @@ def test_frozen_parameters_do_not_move():
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_array_equal(updates['Transformer']['encoder_norm']['scale'], 0.0)
   np.testing.assert_allclose(updates['head']['kernel'], -0.1)
+
+
+class _PoisonedBatches(BatchIterator):
+  """Synthetic batches, with NaN images at the given batch indices."""
+
+  def __init__(self, source, poisoned):
+    super().__init__(source)
+    self.poisoned = poisoned
+
+  def __next__(self):
+    index = self.next_index
+    batch = super().__next__()
+    if index in self.poisoned:
+      batch = {**batch, 'images': np.full_like(batch['images'], np.nan)}
+    return batch
+
+
+@pytest.mark.parametrize('allowed', [2, 1])
+def test_nonfinite_updates_are_skipped_up_to_the_configured_count(allowed):
+  config = tiny_config({'steps': 6})
+  config.skip_nonfinite_updates = allowed
+  source = SyntheticSource(num_classes=10, image_size=16, batch_size=16)
+  train_data = _PoisonedBatches(source, poisoned={1, 3})
+  if allowed == 2:
+    state, history = trainer.train(config, None, train_data=train_data,
+                                   log=lambda _: None)
+    assert history[-1]['skipped_updates'] == 2
+    assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(state['params']))
+  else:
+    with pytest.raises(trainer.NonFiniteError,
+                       match=r'at step 3: loss=nan, grad_norm=nan \(1 earlier'):
+      trainer.train(config, None, train_data=train_data, log=lambda _: None)

@@ -1,7 +1,9 @@
 """The one train loop, shared by pre-training and fine-tuning.
 
-State is a plain dict: params, opt_state, step, rng (raw key data) and
-nonfinite_step (-1 until a loss or gradient norm first turns NaN/Inf). The
+State is a plain dict: params, opt_state, step, rng (raw key data),
+nonfinite_step (-1 until a loss or gradient norm first turns NaN/Inf and
+the update is not skipped), nonfinite_values (loss and gradient norm at
+that step) and skipped_updates. The
 train step is a pure function of (state, batch), jitted with explicit
 shardings and a donated state. Dropout keys derive from (rng, step) alone,
 and JAX's partitionable threefry makes them independent of the mesh.
@@ -117,9 +119,11 @@ def make_setup(config: ml_collections.ConfigDict,
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   shapes = dict(params=params, opt_state=opt_state, step=scalar,
                 rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
-                nonfinite_step=scalar)
+                nonfinite_step=scalar, skipped_updates=scalar,
+                nonfinite_values=jax.ShapeDtypeStruct((2,), jnp.float32))
   shardings = dict(params=param_shardings, opt_state=opt_shardings,
-                   step=replicated, rng=replicated, nonfinite_step=replicated)
+                   step=replicated, rng=replicated, nonfinite_step=replicated,
+                   skipped_updates=replicated, nonfinite_values=replicated)
   return TrainSetup(config, mesh, model, tx, schedule, shapes, shardings)
 
 
@@ -137,7 +141,9 @@ def init_state(setup: TrainSetup, seed: int,
     return dict(params=params, opt_state=setup.tx.init(params),
                 step=jnp.zeros((), jnp.int32),
                 rng=jax.random.key_data(train_rng),
-                nonfinite_step=jnp.full((), -1, jnp.int32))
+                nonfinite_step=jnp.full((), -1, jnp.int32),
+                skipped_updates=jnp.zeros((), jnp.int32),
+                nonfinite_values=jnp.zeros((2,), jnp.float32))
 
   state = jax.jit(init, out_shardings=setup.state_shardings)(seed)
   if not pretrained:
@@ -158,6 +164,7 @@ def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
   config, model, tx = setup.config, setup.model, setup.tx
   rules = rules_of(config)
   accum = config.accum_steps
+  max_skips = config.get('skip_nonfinite_updates', 0)
 
   def loss_fn(params, images, labels, rng):
     logits = model.apply({'params': params}, images, train=True,
@@ -195,14 +202,23 @@ def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
       grad_norm = _global_norm(grads)
       updates, opt_state = tx.update(grads, state['opt_state'], params)
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-      nonfinite_step = jnp.where(
-          (state['nonfinite_step'] < 0) & ~finite, step,
-          state['nonfinite_step'])
-      new_state = dict(params=optax.apply_updates(params, updates),
-                       opt_state=opt_state, step=step + 1, rng=state['rng'],
-                       nonfinite_step=nonfinite_step)
+      # Up to `skip_nonfinite_updates` bad steps leave params and optimizer
+      # state as they were; the next one stops the run.
+      skip = ~finite & (state['skipped_updates'] < max_skips)
+      first_bad = (state['nonfinite_step'] < 0) & ~finite & ~skip
+      new_params = optax.apply_updates(params, updates)
+      keep_old = lambda new, old: jnp.where(skip, old, new)
+      new_state = dict(
+          params=jax.tree.map(keep_old, new_params, params),
+          opt_state=jax.tree.map(keep_old, opt_state, state['opt_state']),
+          step=step + 1, rng=state['rng'],
+          nonfinite_step=jnp.where(first_bad, step, state['nonfinite_step']),
+          nonfinite_values=jnp.where(first_bad, jnp.stack([loss, grad_norm]),
+                                     state['nonfinite_values']),
+          skipped_updates=state['skipped_updates'] + skip.astype(jnp.int32))
       metrics = dict(loss=loss, grad_norm=grad_norm,
-                     learning_rate=setup.schedule(step))
+                     learning_rate=setup.schedule(step),
+                     skipped_updates=new_state['skipped_updates'])
       return new_state, metrics
 
   batch_sharding = sharding.batch_sharding(setup.mesh)
@@ -250,10 +266,14 @@ def evaluate(eval_step, params, batches: Iterator[dict], mesh) -> tuple[float, i
 def _check_finite(state: State) -> None:
   bad = int(jax.device_get(state['nonfinite_step']))
   if bad >= 0:
+    loss, grad_norm = (float(v) for v in jax.device_get(state['nonfinite_values']))
+    skipped = int(jax.device_get(state['skipped_updates']))
     raise NonFiniteError(
-        f'loss or gradient norm became NaN/Inf at step {bad}; the run stops '
+        f'non-finite values at step {bad}: loss={loss}, grad_norm={grad_norm}'
+        f' ({skipped} earlier non-finite updates skipped); the run stops '
         f'without saving, so the last checkpoint is the last good state. '
-        f'Lower the learning rate, raise warmup, or check the input data.')
+        f'Lower the learning rate, raise warmup, check the input data, or '
+        f'allow a few skipped updates with --config.skip_nonfinite_updates=N.')
 
 
 def _check_writable(workdir: str) -> None:
