@@ -24,6 +24,12 @@ from vit_jax.train import _CONFIG  # pylint: disable=g-bad-import-order
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps after compiling.')
 _JSON = flags.DEFINE_string('json', None, 'Also write the result here.')
+_PEER = flags.DEFINE_enum(
+    'peer', 'none', ['none', 'timm', 'transformers'],
+    'Also time this PyTorch ViT of the same size, batch, resolution and '
+    'precision in the same run (pip install -e ".[peers]").')
+_PEER_COMPILE = flags.DEFINE_bool(
+    'peer_compile', None, 'torch.compile the peer (default: on GPU only).')
 
 
 def benchmark(config, steps: int, warmup: int) -> dict:
@@ -80,7 +86,20 @@ def benchmark(config, steps: int, warmup: int) -> dict:
 
 def main(argv):
   del argv
-  result = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value)
+  config = _CONFIG.value
+  result = benchmark(config, _STEPS.value, _WARMUP.value)
+  if _PEER.value != 'none':
+    from vit_jax import peer_benchmark  # pylint: disable=g-import-not-at-top
+    on_gpu = jax.devices()[0].platform == 'gpu'
+    compile_model = on_gpu if _PEER_COMPILE.value is None else _PEER_COMPILE.value
+    result.update(peer_benchmark.time_peer(
+        _PEER.value, config.model.name, batch_size=config.batch_size,
+        image_size=config.image_size, num_classes=config.num_classes,
+        steps=_STEPS.value, warmup=_WARMUP.value,
+        bfloat16=str(config.model.dtype) == 'bfloat16',
+        compile_model=compile_model))
+    result['speedup_vs_peer'] = (result['peer_step_seconds_median'] /
+                                 result['step_seconds_median'])
   width = max(len(k) for k in result)
   for key, value in result.items():
     shown = f'{value:.4g}' if isinstance(value, float) else value
