@@ -1,7 +1,7 @@
 """Train-step throughput and MFU on synthetic data already on the device.
 
   python -m vit_jax.benchmark --config configs/pretrain.py:model=B/16,batch_size=256 \\
-      --config.model.dtype=bfloat16 [--steps 50] [--json out.json]
+      --config.model.dtype=bfloat16 [--steps 50] [--output_json out.json] [--peer timm]
 
 Reports the compile time, the median step time over `--steps` timed steps
 (after warm-up steps that are not counted), images/s in total and per
@@ -23,7 +23,7 @@ from vit_jax.train import _CONFIG  # pylint: disable=g-bad-import-order
 
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps after compiling.')
-_JSON = flags.DEFINE_string('json', None, 'Also write the result here.')
+_OUTPUT = flags.DEFINE_string('output_json', None, 'Also write the result to this file.')
 _PEER = flags.DEFINE_enum(
     'peer', 'none', ['none', 'timm', 'transformers'],
     'Also time this PyTorch ViT of the same size, batch, resolution and '
@@ -104,8 +104,8 @@ def main(argv):
   for key, value in result.items():
     shown = f'{value:.4g}' if isinstance(value, float) else value
     print(f'{key:<{width}}  {shown}')
-  if _JSON.value:
-    with open(_JSON.value, 'w') as f:
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, 'w') as f:
       json.dump(result, f, indent=1)
 
 

@@ -14,17 +14,15 @@ from absl import app, flags, logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 
 from vit_jax import checkpoints, metrics, sharding, transfer
 from vit_jax.evaluators import fewshot
 from vit_jax.models import build_model
 from vit_jax.trainer import rules_of
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file: configs/fewshot.py:model=B/16.',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Optional: where to log.')
+# The same --config and --workdir flags as training (one definition, so the
+# entry points can be imported together); --workdir is optional here.
+from vit_jax.train import _CONFIG, _WORKDIR  # pylint: disable=g-bad-import-order,wrong-import-position
 
 
 def load_params(config, mesh):
