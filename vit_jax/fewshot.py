@@ -40,8 +40,9 @@ def load_params(config, mesh):
     fresh = checkpoints.unflatten_params(
         {**checkpoints.flatten_params(fresh), **loaded})
   replicated = sharding.replicated(mesh)
+  host = jax.device_get(fresh)  # once, not once per device
   return jax.tree.map(lambda x: jax.make_array_from_callback(
-      x.shape, replicated, lambda index, x=x: jax.device_get(x)[index]), fresh)
+      x.shape, replicated, lambda index, x=x: x[index]), host)
 
 
 def main(argv):

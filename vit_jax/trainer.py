@@ -204,13 +204,19 @@ def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
       # Up to `skip_nonfinite_updates` bad steps leave params and optimizer
       # state as they were; the next one stops the run.
-      skip = ~finite & (state['skipped_updates'] < max_skips)
-      first_bad = (state['nonfinite_step'] < 0) & ~finite & ~skip
       new_params = optax.apply_updates(params, updates)
-      keep_old = lambda new, old: jnp.where(skip, old, new)
+      if max_skips:
+        skip = ~finite & (state['skipped_updates'] < max_skips)
+        keep_old = lambda new, old: jnp.where(skip, old, new)
+        new_params = jax.tree.map(keep_old, new_params, params)
+        opt_state = jax.tree.map(keep_old, opt_state, state['opt_state'])
+      else:
+        # No select over the whole state on the hot path when nothing may
+        # be skipped.
+        skip = jnp.zeros((), bool)
+      first_bad = (state['nonfinite_step'] < 0) & ~finite & ~skip
       new_state = dict(
-          params=jax.tree.map(keep_old, new_params, params),
-          opt_state=jax.tree.map(keep_old, opt_state, state['opt_state']),
+          params=new_params, opt_state=opt_state,
           step=step + 1, rng=state['rng'],
           nonfinite_step=jnp.where(first_bad, step, state['nonfinite_step']),
           nonfinite_values=jnp.where(first_bad, jnp.stack([loss, grad_norm]),

@@ -51,7 +51,7 @@ def _check_fixed_size(spec: dict, pp: str) -> None:
                      f'such as central_crop(224) or resize(224).')
 
 
-def _allgather_sum(values: np.ndarray) -> np.ndarray:
+def _gather_per_process(values: np.ndarray) -> np.ndarray:
   """Per-process integer vectors -> stacked (processes, n) on every host."""
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
@@ -164,7 +164,7 @@ class TrainIterator:
 
   def get_state(self) -> dict:
     """Collective on multi-host runs: every process must call it."""
-    per_process = _allgather_sum(np.array([self.position, self.skipped]))
+    per_process = _gather_per_process(np.array([self.position, self.skipped]))
     return {'next_batch': self.next_batch,
             'positions': [int(p) for p in per_process[:, 0]],
             'skipped': [int(s) for s in per_process[:, 1]]}
@@ -188,7 +188,7 @@ class TrainIterator:
   def metrics(self) -> dict[str, float]:
     """Collective on multi-host runs, like get_state."""
     return {'data/skipped_images':
-            float(_allgather_sum(np.array([self.skipped]))[:, 0].sum())}
+            float(_gather_per_process(np.array([self.skipped]))[:, 0].sum())}
 
 
 def eval_batches(source, split: str, *, pp: str, batch_size: int,
