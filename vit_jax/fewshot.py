@@ -32,11 +32,8 @@ def load_params(config, mesh):
   fresh = jax.jit(lambda: nn.unbox(model.init(
       jax.random.key(config.seed), images)['params']))()
   if config.init_from != 'random':
-    flat, source = transfer.read_pretrained(config.init_from)
-    loaded = transfer.fit_pretrained(
-        flat, fresh, source=source, stacked=bool(config.model.get('scan')),
-        num_prefix_tokens=1 if config.model.classifier.startswith('token') else 0,
-        log=print)
+    loaded = transfer.load_pretrained(config.init_from, fresh, config.model,
+                                      log=print)
     fresh = checkpoints.unflatten_params(
         {**checkpoints.flatten_params(fresh), **loaded})
   replicated = sharding.replicated(mesh)

@@ -17,7 +17,6 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from configs.models import canonical_name
 from vit_jax import checkpoints, transfer
 from vit_jax import train as train_lib
 from vit_jax.preemption import EXIT_PREEMPTED, Preempted
@@ -30,19 +29,10 @@ def pretrained_params(config, log=print):
                      'AugReg name, or a pre-training workdir (DIR or DIR@STEP).')
 
   def load(setup):
-    flat, source = transfer.read_pretrained(config.init_from)
-    from_name = transfer.augreg_model_name(source)
-    if from_name and canonical_name(from_name) != canonical_name(config.model.name):
-      raise checkpoints.CheckpointMismatchError(
-          f'{source} is a {from_name} checkpoint but config.model is '
-          f'{config.model.name}; use configs/finetune.py:model={from_name}.')
-    log(f'loading {source}:')
-    return transfer.fit_pretrained(
-        flat, setup.state_shapes['params'], source=source,
-        stacked=bool(config.model.get('scan')),
-        num_prefix_tokens=1 if config.model.classifier.startswith('token') else 0,
-        dont_load=tuple(config.dont_load),
-        posemb_order=config.posemb_order, log=log)
+    return transfer.load_pretrained(
+        config.init_from, setup.state_shapes['params'], config.model,
+        dont_load=tuple(config.dont_load), posemb_order=config.posemb_order,
+        log=log)
   return load
 
 

@@ -166,3 +166,24 @@ def fit_pretrained(flat: checkpoints.FlatParams, reference_params: Params, *,
       {k: v for k, v in reference.items() if k not in kept_fresh})
   return checkpoints.flatten_params(
       checkpoints.match_params(flat, wanted, source))
+
+
+def load_pretrained(init_from: str, reference_params: Params, model_config,
+                    dont_load: Sequence[str] = (), posemb_order: int = 1,
+                    log: Callable[[str], None] = logging.info
+                    ) -> checkpoints.FlatParams:
+  """read_pretrained + fit_pretrained for a model built from `model_config`;
+  an AugReg file of another variant is refused by name."""
+  from configs.models import canonical_name  # pylint: disable=g-import-not-at-top
+  flat, source = read_pretrained(init_from)
+  from_name = augreg_model_name(source)
+  if from_name and canonical_name(from_name) != canonical_name(model_config.name):
+    raise checkpoints.CheckpointMismatchError(
+        f'{source} is a {from_name} checkpoint but config.model is '
+        f'{model_config.name}; use model={from_name}.')
+  log(f'loading {source}:')
+  return fit_pretrained(
+      flat, reference_params, source=source,
+      stacked=bool(model_config.get('scan')),
+      num_prefix_tokens=1 if model_config.classifier.startswith('token') else 0,
+      dont_load=dont_load, posemb_order=posemb_order, log=log)
