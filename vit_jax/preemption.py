@@ -28,7 +28,8 @@ class Preempted(Exception):
 
 
 class PreemptionWatcher:
-  """Context manager; `should_stop(step)` is True once a stop was asked."""
+  """`install()`, then `should_stop(step)` is True once a stop was asked;
+  `uninstall()` puts the previous SIGTERM handler back."""
 
   def __init__(self):
     self._requested = False
@@ -39,14 +40,14 @@ class PreemptionWatcher:
     del signum, frame
     self._requested = True
 
-  def __enter__(self):
+  def install(self) -> 'PreemptionWatcher':
     # Signal handlers can only be installed from the main thread; elsewhere
     # (e.g. a notebook worker thread) preemption is not watched.
     if not self._multihost and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handler)
     return self
 
-  def __exit__(self, *exc):
+  def uninstall(self) -> None:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None

@@ -348,7 +348,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
           config.model, config.image_size, config.num_classes),
       total_steps=config.total_steps, num_devices=setup.mesh.size)
   history = []
-  watcher = PreemptionWatcher().__enter__()
+  watcher = PreemptionWatcher().install()
   step = int(jax.device_get(state['step']))
   throughput.update(step)
   try:
@@ -386,7 +386,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
         log(f'stop requested (SIGTERM): checkpoint at step {step}; rerun to resume')
         raise Preempted(step)
   finally:
-    watcher.__exit__(None, None, None)
+    watcher.uninstall()
     if checkpointer is not None:
       checkpointer.close()
     writer.close()
