@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 
-from test_trainer_sharded import SCRIPT, env_with_devices, run
+from test_trainer_sharded import (SCRIPT, env_with_devices, read_until_step,
+                                  run, start, start_two_processes)
 
 EXIT_PREEMPTED = 75
 
@@ -19,15 +20,8 @@ def test_sigterm_saves_the_current_step_and_resume_is_exact(tmp_path):
   straight = run(options, tmp_path / 'straight')
 
   workdir = tmp_path / 'preempted'
-  proc = subprocess.Popen(
-      [sys.executable, SCRIPT, json.dumps(options), str(workdir)],
-      env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-      text=True)
-  deadline = time.time() + 240
-  for line in proc.stdout:
-    if line.startswith('step 20/'):
-      break
-    assert time.time() < deadline
+  proc = start(options, workdir)
+  read_until_step(proc, 20)
   proc.send_signal(signal.SIGTERM)
   rest, _ = proc.communicate(timeout=120)
   assert proc.returncode == EXIT_PREEMPTED
@@ -44,21 +38,9 @@ def test_sigterm_saves_the_current_step_and_resume_is_exact(tmp_path):
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
-  import socket  # pylint: disable=g-import-not-at-top
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  options = {'steps': 400, 'checkpoint_steps': 1000, 'mesh': {'data': 8},
-             'coordinator': f'127.0.0.1:{port}'}
-  procs = [subprocess.Popen(
-      [sys.executable, SCRIPT, json.dumps({**options, 'process_id': i}),
-       str(tmp_path)], env=env_with_devices(4), stdout=subprocess.PIPE,
-      stderr=subprocess.DEVNULL, text=True) for i in range(2)]
-  deadline = time.time() + 240
-  for line in procs[0].stdout:
-    if line.startswith('step 20/'):
-      break
-    assert time.time() < deadline
+  options = {'steps': 400, 'checkpoint_steps': 1000, 'mesh': {'data': 8}}
+  procs = start_two_processes(options, tmp_path)
+  read_until_step(procs[0], 20)
   procs[1].send_signal(signal.SIGTERM)
   outputs = [p.communicate(timeout=120)[0] for p in procs]
   assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2
@@ -95,20 +77,11 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 
 def test_when_one_host_dies_the_other_exits_within_a_minute():
-  import socket  # pylint: disable=g-import-not-at-top
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
   options = {'steps': 100_000, 'checkpoint_steps': 100_000, 'mesh': {'data': 8},
-             'coordinator': f'127.0.0.1:{port}', 'heartbeat_timeout': 10}
-  procs = [subprocess.Popen(
-      [sys.executable, SCRIPT, json.dumps({**options, 'process_id': i})],
-      env=env_with_devices(4), stdout=subprocess.PIPE,
-      stderr=subprocess.DEVNULL, text=True) for i in range(2)]
+             'heartbeat_timeout': 10}
+  procs = start_two_processes(options)
   try:
-    for line in procs[0].stdout:
-      if line.startswith('step 20/'):
-        break
+    read_until_step(procs[0], 20)
     procs[1].send_signal(signal.SIGKILL)
     start = time.time()
     procs[0].wait(timeout=60)
@@ -130,10 +103,7 @@ def test_random_sigkills_never_lose_the_run(tmp_path):
   for trial in range(3):
     workdir = tmp_path / f'trial{trial}'
     for attempt in range(3):
-      proc = subprocess.Popen(
-          [sys.executable, SCRIPT, json.dumps(options), str(workdir)],
-          env=env_with_devices(1), stdout=subprocess.PIPE,
-          stderr=subprocess.DEVNULL, text=True)
+      proc = start(options, workdir)
       lines, seen = [], 0
       kill_after = rng.randint(1, 8) if attempt < 2 else None
       for line in proc.stdout:

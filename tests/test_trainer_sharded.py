@@ -30,6 +30,34 @@ def run(options, workdir=None, devices=1, timeout=300):
   return summary_of(out.stdout)
 
 
+def start(options, workdir=None, devices=1, stderr=subprocess.DEVNULL):
+  """The tiny training job as a running process with its stdout piped."""
+  args = [sys.executable, SCRIPT, json.dumps(options)]
+  if workdir:
+    args.append(str(workdir))
+  return subprocess.Popen(args, env=env_with_devices(devices),
+                          stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def start_two_processes(options, workdir=None, stderr=subprocess.DEVNULL):
+  """Two processes with 4 CPU devices each, coordinated on a free port."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  return [start({**options, 'coordinator': f'127.0.0.1:{port}', 'process_id': i},
+                workdir, devices=4, stderr=stderr) for i in range(2)]
+
+
+def read_until_step(proc, step, timeout=240):
+  """Consumes the process's output up to its 'step <step>/' line."""
+  deadline = time.time() + timeout
+  for line in proc.stdout:
+    if line.startswith(f'step {step}/'):
+      return
+    assert time.time() < deadline
+  raise AssertionError(f'the process ended before step {step}')
+
+
 def summary_of(stdout):
   line = [l for l in stdout.splitlines() if l.startswith('SUMMARY ')][-1]
   return json.loads(line[len('SUMMARY '):])
@@ -72,15 +100,7 @@ def test_gradient_accumulation_matches_full_batch():
 
 def run_two_processes(options, workdir=None):
   """Two processes with 4 CPU devices each; process 0's summary."""
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  procs = [subprocess.Popen(
-      [sys.executable, SCRIPT, json.dumps({
-          **options, 'coordinator': f'127.0.0.1:{port}', 'process_id': i})]
-      + ([str(workdir)] if workdir else []),
-      env=env_with_devices(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
+  procs = start_two_processes(options, workdir, stderr=subprocess.PIPE)
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
@@ -101,10 +121,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   straight = run(options, tmp_path / 'straight')
 
   workdir = tmp_path / 'killed'
-  proc = subprocess.Popen(
-      [sys.executable, SCRIPT, json.dumps(options), str(workdir)],
-      env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-      text=True)
+  proc = start(options, workdir)
   # Kill once the first checkpoint is complete (its directory is renamed
   # from a temporary name when finished).
   deadline = time.time() + 240
