@@ -86,6 +86,6 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
   config.scan = False
   config.remat_policy = 'none'      # none | full | dots_saveable | ...
   config.attention_implementation = ml_collections.FieldReference(
-      None, field_type=str)         # None (XLA) | 'cudnn'
+      None, field_type=str)  # None (cuDNN on GPU in 16 bits, else XLA) | xla | cudnn
   config.dtype = 'float32'          # computation dtype; params stay float32
   return config

@@ -9,7 +9,8 @@ import pytest
 from conftest import build, init_params, randomize, tiny_model_config
 from vit_jax import checkpoints
 from vit_jax.models.resnet import StdConv
-from vit_jax.models.vit import MultiHeadDotProductAttention
+from vit_jax.models.attention import attend, resolve_implementation
+from vit_jax.models.vit import MultiHeadDotProductAttention, PatchEmbedding
 
 
 def to_scanned(params):
@@ -157,3 +158,48 @@ def test_std_conv_is_invariant_to_kernel_scale_and_shift():
   expected = jax.lax.conv_general_dilated(x, standardized, (1, 1), 'SAME',
                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('patch', [(4, 4), (2, 3)])
+def test_patch_embedding_is_the_strided_convolution(patch):
+  images = jax.random.normal(jax.random.key(1), (2, 12, 12, 3))
+  embedding = PatchEmbedding(features=8, patch_size=patch)
+  conv = nn.Conv(8, patch, strides=patch, padding='VALID')
+  params = nn.unbox(embedding.init(jax.random.key(0), images))
+  conv_params = conv.init(jax.random.key(0), images)
+  # Same parameter tree and the same initial values as the released Conv.
+  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, conv_params)
+  np.testing.assert_array_equal(params['params']['kernel'],
+                                conv_params['params']['kernel'])
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape),
+                        params)
+  expected = conv.apply(params, images)
+  grid = (12 // patch[0], 12 // patch[1])
+  got = embedding.apply(params, images)
+  assert got.shape == (2, grid[0] * grid[1], 8)
+  np.testing.assert_allclose(got, expected.reshape(got.shape), atol=1e-5, rtol=1e-5)
+
+
+def test_attend_matches_jax_dot_product_attention_with_gradients():
+  q, k, v, g = (jax.random.normal(jax.random.key(i), (2, 7, 3, 16)) for i in range(4))
+  reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='xla')
+  np.testing.assert_allclose(attend(q, k, v), reference(q, k, v), atol=1e-5)
+  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * g)
+  got = jax.grad(loss(attend), argnums=(0, 1, 2))(q, k, v)
+  expected = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(got, expected):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_attention_implementation_per_platform(monkeypatch):
+  assert resolve_implementation(None, jnp.bfloat16, 64) == 'xla'  # CPU
+  assert resolve_implementation('cudnn', jnp.float32, 64) == 'cudnn'
+  with pytest.raises(ValueError, match="'flash'"):
+    resolve_implementation('flash', jnp.float32, 64)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert resolve_implementation(None, jnp.bfloat16, 64) == 'cudnn'
+  assert resolve_implementation(None, jnp.float16, 80) == 'cudnn'
+  # cuDNN's fused kernel takes 16-bit inputs and head_dim <= 128, multiple of 8.
+  assert resolve_implementation(None, jnp.float32, 64) == 'xla'
+  assert resolve_implementation(None, jnp.bfloat16, 160) == 'xla'
+  assert resolve_implementation(None, jnp.bfloat16, 36) == 'xla'

@@ -1,7 +1,7 @@
 """Multi-head dot-product attention with the released checkpoints' layout."""
 
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -57,14 +57,59 @@ class MergeHeads(nn.Module):
     return y + bias.astype(self.dtype)
 
 
+ATTENTION_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
+
+
+def resolve_implementation(implementation: Optional[str], dtype: Dtype,
+                           head_dim: int) -> str:
+  """'xla' or 'cudnn'. None picks cuDNN's fused kernel on a GPU when it
+  applies (16-bit inputs, head_dim a multiple of 8 up to 128), else 'xla'."""
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(
+        f'unknown attention implementation {implementation!r}; expected one '
+        f'of {ATTENTION_IMPLEMENTATIONS} (None picks per platform).')
+  if implementation is not None:
+    return implementation
+  on_gpu = jax.default_backend() == 'gpu'
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  if on_gpu and half and head_dim % 8 == 0 and head_dim <= 128:
+    return 'cudnn'
+  return 'xla'
+
+
+def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
+           dropout: Optional[Callable[[jax.Array], jax.Array]] = None
+           ) -> jax.Array:
+  """softmax(q k^T / sqrt(d)) v on (batch, length, heads, head_dim) inputs.
+
+  The inputs are put heads-major once and both products run as plain
+  batched matmuls over (batch, heads). On XLA:CPU this is faster than
+  jax.nn.dot_product_attention's XLA path, whose grouped-query reshapes put
+  transposes around every product (docs/benchmarks.md). Logits and softmax
+  are float32; probabilities go back to the input dtype for the second
+  product. `dropout` is applied to the probabilities.
+  """
+  head_dim = query.shape[-1]
+  query = query / jnp.asarray(np.sqrt(head_dim), query.dtype)
+  query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
+  logits = jnp.einsum('bhqd,bhkd->bhqk', query, key,
+                      preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(logits).astype(value.dtype)
+  if dropout is not None:
+    probs = dropout(probs)
+  return jnp.swapaxes(jnp.einsum('bhqk,bhkd->bhqd', probs, value), 1, 2)
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """Multi-head attention with the parameter layout of Flax's own module
   (query/key/value kernels (D, heads, head_dim), out kernel (heads, head_dim,
-  D)), computed with `jax.nn.dot_product_attention` so XLA or a fused cuDNN
-  kernel can be chosen by `implementation`.
+  D)).
 
-  Attention-probability dropout needs the probabilities, which the fused call
-  never materializes; only then the explicit softmax path is taken.
+  `implementation`: 'xla' (`attend`, any platform), 'cudnn' (the fused
+  kernel through `jax.nn.dot_product_attention`, GPU only) or None (cuDNN
+  where it applies, else XLA). Attention-probability dropout needs the
+  probabilities, which the fused kernel never materializes, so it always
+  takes the XLA path.
   """
 
   num_heads: int
@@ -83,6 +128,8 @@ class MultiHeadDotProductAttention(nn.Module):
           f'hidden size {width} is not divisible by num_heads='
           f'{self.num_heads}; choose num_heads dividing the hidden size.')
     head_dim = width // self.num_heads
+    implementation = resolve_implementation(self.implementation, self.dtype,
+                                            head_dim)
     projection = functools.partial(
         ProjectToHeads, num_heads=self.num_heads, head_dim=head_dim,
         dtype=self.dtype)
@@ -91,14 +138,13 @@ class MultiHeadDotProductAttention(nn.Module):
     value = projection(name='value')(inputs_kv)
 
     if self.attention_dropout_rate > 0. and not deterministic:
-      logits = jnp.einsum('bqhd,bkhd->bhqk', query, key,
-                          preferred_element_type=jnp.float32)
-      probs = jax.nn.softmax(logits / np.sqrt(head_dim)).astype(self.dtype)
-      probs = nn.Dropout(self.attention_dropout_rate)(
-          probs, deterministic=deterministic)
-      out = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
+      dropout = nn.Dropout(self.attention_dropout_rate)
+      out = attend(query, key, value,
+                   dropout=lambda p: dropout(p, deterministic=False))
+    elif implementation == 'cudnn':
+      out = jax.nn.dot_product_attention(query, key, value,
+                                         implementation='cudnn')
     else:
-      out = jax.nn.dot_product_attention(
-          query, key, value, implementation=self.implementation)
+      out = attend(query, key, value)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
     return MergeHeads(features=width, dtype=self.dtype, name='out')(out)
