@@ -33,6 +33,13 @@ HYBRIDS = {
     'R50+L/32': ('L', (3, 4, 6, 3), 1),
 }
 
+# Rematerialization per width: B and smaller keep every activation; L and H
+# keep the matmul outputs and recompute the rest (attention products,
+# softmax, GELU, LayerNorm), g and G recompute whole blocks. Override with
+# --config.model.remat_policy when the batch per device is small enough.
+REMAT = {'L': 'dots_with_no_batch_dims_saveable',
+         'H': 'dots_with_no_batch_dims_saveable', 'g': 'full', 'G': 'full'}
+
 # Dropout of the released ImageNet-21k configs; every other variant uses 0.
 DROPOUT = {'L/16': 0.1, 'H/14': 0.1, 'R50+B/16': 0.1, 'R50+L/32': 0.1}
 
@@ -84,7 +91,7 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
       resnet_layers, field_type=tuple)
   config.resnet_width_factor = 1.0
   config.scan = False
-  config.remat_policy = 'none'      # none | full | dots_saveable | ...
+  config.remat_policy = REMAT.get(width, 'none')  # none | full | dots_saveable | ...
   config.attention_implementation = ml_collections.FieldReference(
       None, field_type=str)  # None (cuDNN on GPU in 16 bits, else XLA) | xla | cudnn
   config.dtype = 'float32'          # computation dtype; params stay float32

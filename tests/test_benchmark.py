@@ -1,8 +1,14 @@
 """The train-step benchmark runs on synthetic data and reports consistent
 figures (timings themselves are never asserted)."""
 
+import os
+import subprocess
+import sys
+
 from tiny_training import tiny_config
-from vit_jax import benchmark, metrics
+from vit_jax import benchmark, metrics, step_profile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_benchmark_reports_consistent_figures():
@@ -16,3 +22,45 @@ def test_benchmark_reports_consistent_figures():
   # The compiler's count agrees with the analytic one within 15% even for
   # this tiny model (norms, softmax and the optimizer are not in it).
   assert abs(result['compiler_tflops_per_step_per_device'] / analytic - 1) < 0.15
+
+
+def test_xla_flag_sweep_reruns_with_each_flag_and_reports_failures():
+  argv = ['benchmark', '--config', 'configs/demo.py', '--steps=2', '--warmup=1',
+          '--config.batch_size=8', '--peer=none', '--sweep_xla_flag=cpu']
+  rows = benchmark.sweep_xla_flags(
+      ['--xla_cpu_enable_fast_math=false', '--xla_no_such_flag=1'], argv)
+  assert [row['flag'] for row in rows] == [
+      None, '--xla_cpu_enable_fast_math=false', '--xla_no_such_flag=1']
+  assert rows[0]['speedup'] == 1.0 and rows[1]['speedup'] > 0
+  assert 'error' in rows[2] and 'speedup' not in rows[2]
+
+
+def test_profile_summary_sums_traced_ops_per_part_and_kind():
+  hlo = '\n'.join([
+      '  %ynn_fusion.3 = f32[8,4]{1,0} fusion(%p), kind=kCustom, metadata={op_name="jit(step)/Transformer/encoderblock_0/MultiHeadDotProductAttention_0/dot_general"}',
+      '  %ynn_fusion.4 = f32[8,4]{1,0} fusion(%p), kind=kCustom, metadata={op_name="jit(step)/Transformer/encoderblock_0/MlpBlock_0/Dense_0/dot_general"}',
+      '  ROOT %copy_fusion.1 = f32[4,8]{1,0} fusion(%p), kind=kLoop, metadata={op_name="jit(step)/Transformer/encoderblock_0/LayerNorm_0/mul"}',
+      '  %add.2 = f32[4]{0} add(%a, %b), metadata={op_name="jit(step)/adam/add"}'])
+  events = [
+      dict(ph='X', name='ynn_fusion.3', dur=3000), dict(ph='X', name='ynn_fusion.3', dur=1000),
+      dict(ph='X', name='ynn_fusion.4', dur=2000), dict(ph='X', name='copy_fusion.1', dur=500),
+      dict(ph='X', name='add.2', dur=500), dict(ph='X', name='ThunkExecutor::Execute', dur=9e6),
+      dict(ph='i', name='ynn_fusion.4', dur=7000)]
+  summary = step_profile.summarize(events, hlo, steps=2)
+  assert summary['ops_ms_per_step'] == 3.5
+  assert summary['by_kind'] == {'ynn_fusion': 3.0, 'copy_fusion': 0.25, 'add': 0.25}
+  assert summary['by_part'] == {'attention': 2.0, 'mlp': 1.0, 'layernorm': 0.25,
+                                'other (optimizer, residuals, ...)': 0.25}
+
+
+def test_benchmark_profile_traces_the_model_parts():
+  out = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.benchmark', '--config', 'configs/demo.py',
+       '--config.batch_size=8', '--steps=1', '--warmup=1', '--profile_steps=1'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      # libtpu's profiler plugin must stay unloaded on a CPU host.
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert out.returncode == 0, out.stderr[-2000:]
+  table = out.stdout[out.stdout.index('traced ops'):]
+  for part in ('attention', 'mlp', 'layernorm', 'embedding'):
+    assert f'  {part}\n' in table, table

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ['launch/tpu_pod.sh', 'launch/gpu_slurm.sbatch', 'launch/local.sh']
+SCRIPTS = ['launch/tpu_pod.sh', 'launch/gpu_slurm.sbatch', 'launch/local.sh',
+           'launch/gpu_benchmark.sh']
 
 
 def sh(*args, env=None):
@@ -117,3 +118,19 @@ def test_aot_compiles_the_train_step_for_a_v5e_2x2():
   # The compiler's FLOPs agree with the analytic count within 10%.
   assert abs(report['xla_flops_per_chip'] / report['analytic_flops_per_chip'] - 1) < 0.1
   assert 'memory:' in aot.format_report(report)
+
+
+def test_gpu_benchmark_runs_each_stage_once_and_rejects_unknown_stages():
+  out = sh('launch/gpu_benchmark.sh', '--dry-run', '--out', 'results',
+           '--steps', '20')
+  assert out.returncode == 0, out.stderr
+  commands = [line for line in out.stdout.splitlines() if line.startswith('+ ')]
+  names = [c.split('--output_json results/')[1].split('.json')[0] for c in commands]
+  assert names == ['b16_bs256', 'b16_bs256_xla_flags', 'l16_bs128', 'h14_bs64']
+  assert all('--steps 20' in c and 'dtype=bfloat16' in c for c in commands)
+  assert '--peer timm' in commands[0] and '--sweep_xla_flag=gpu' in commands[1]
+  only = sh('launch/gpu_benchmark.sh', '--dry-run', '--only', 'large',
+            '--out', 'results', '--steps', '20')
+  assert [l for l in only.stdout.splitlines() if l.startswith('+ ')] == commands[2:]
+  bad = sh('launch/gpu_benchmark.sh', '--dry-run', '--only', 'h100')
+  assert bad.returncode == 2 and "'h100'" in bad.stderr

@@ -96,3 +96,15 @@ def test_unknown_model_config_key_is_named():
   config.hidden_sise = 3
   with pytest.raises(ValueError, match=r"unknown model config keys \['hidden_sise'\]"):
     build_model(config, 10)
+
+
+def test_remat_policy_follows_width():
+  policies = {name: get_model_config(name).remat_policy
+              for name in ('Ti/16', 'S/16', 'B/16', 'R50+B/16', 'L/16',
+                           'R50+L/32', 'H/14', 'g/14', 'G/14')}
+  assert policies == {
+      'Ti/16': 'none', 'S/16': 'none', 'B/16': 'none', 'R50+B/16': 'none',
+      'L/16': 'dots_with_no_batch_dims_saveable',
+      'R50+L/32': 'dots_with_no_batch_dims_saveable',
+      'H/14': 'dots_with_no_batch_dims_saveable', 'g/14': 'full',
+      'G/14': 'full'}

@@ -23,7 +23,8 @@ def to_per_layer(params):
       checkpoints.unstack_encoder_blocks(checkpoints.flatten_params(params)))
 
 
-@pytest.mark.parametrize('remat_policy', ['none', 'full', 'dots_saveable'])
+@pytest.mark.parametrize('remat_policy', ['none', 'full', 'dots_saveable',
+                                          'dots_with_no_batch_dims_saveable'])
 def test_scanned_and_per_layer_logits_match(remat_policy, images):
   per_layer = build(tiny_model_config(), 10)
   scanned = build(tiny_model_config(scan=True, remat_policy=remat_policy), 10)

@@ -2,6 +2,7 @@
 
   python -m vit_jax.benchmark --config configs/pretrain.py:model=B/16,batch_size=256 \\
       --config.model.dtype=bfloat16 [--steps 50] [--output_json out.json] [--peer timm]
+      [--sweep_xla_flag=gpu | --sweep_xla_flag=--xla_gpu_... ...]
 
 Reports the compile time, the median step time over `--steps` timed steps
 (after warm-up steps that are not counted), images/s in total and per
@@ -11,6 +12,10 @@ backend reports it. Needs no TensorFlow and no dataset.
 """
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -18,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import metrics, sharding, trainer
+from vit_jax import metrics, sharding, step_profile, trainer
 from vit_jax.train import _CONFIG  # pylint: disable=g-bad-import-order
 
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps.')
@@ -30,9 +35,39 @@ _PEER = flags.DEFINE_enum(
     'precision in the same run (pip install -e ".[peers]").')
 _PEER_COMPILE = flags.DEFINE_bool(
     'peer_compile', None, 'torch.compile the peer (default: on GPU only).')
+_PROFILE = flags.DEFINE_integer(
+    'profile_steps', 0, 'Then trace this many steps with jax.profiler and '
+    'print where the time goes, per model part and per kind of XLA op.')
+_SWEEP = flags.DEFINE_multi_string(
+    'sweep_xla_flag', [],
+    'Measure the effect of one XLA flag (repeatable; "gpu" or "cpu" stands '
+    'for the candidates in SWEEP_CANDIDATES): the same benchmark runs in a '
+    'fresh process without, then with each flag added to XLA_FLAGS.')
+
+# XLA flags whose effect on the train step is measured with --sweep_xla_flag
+# (docs/benchmarks.md has the results). None are set by default.
+SWEEP_CANDIDATES = {
+    'gpu': [
+        # cuBLAS instead of Triton-generated kernels for matmuls.
+        '--xla_gpu_enable_triton_gemm=false',
+        # Schedules to overlap collectives and copies with compute.
+        '--xla_gpu_enable_latency_hiding_scheduler=true',
+        # Launch fusions one by one instead of replaying CUDA graphs.
+        '--xla_gpu_enable_command_buffer=',
+        # cuDNN's LayerNorm kernels instead of XLA fusions.
+        '--xla_gpu_enable_cudnn_layer_norm=true',
+        '--xla_gpu_enable_highest_priority_async_stream=true',
+    ],
+    'cpu': [
+        # Eigen instead of YNNPACK for dots and the elementwise work fused
+        # into them.
+        '--xla_cpu_experimental_ynn_fusion_type=',
+        '--xla_cpu_use_onednn=true',
+    ],
+}
 
 
-def benchmark(config, steps: int, warmup: int) -> dict:
+def benchmark(config, steps: int, warmup: int, profile_steps: int = 0) -> dict:
   setup = trainer.make_setup(config)
   mesh = setup.mesh
   state = trainer.init_state(setup, config.seed)
@@ -60,6 +95,13 @@ def benchmark(config, steps: int, warmup: int) -> dict:
     state, out = compiled(state, batch)
     jax.block_until_ready(out)
     times.append(time.perf_counter() - start)
+  profile = None
+  if profile_steps:
+    def run_step():
+      nonlocal state, out
+      state, out = compiled(state, batch)
+      jax.block_until_ready(out)
+    profile = step_profile.profile_steps(compiled, run_step, profile_steps)
   step_seconds = float(np.median(times))
   devices = mesh.size
   analytic = 3 * metrics.vit_forward_flops(config.model, size,
@@ -81,13 +123,64 @@ def benchmark(config, steps: int, warmup: int) -> dict:
       achieved_tflops_per_device=analytic / step_seconds / devices / 1e12,
       mfu=(analytic / step_seconds / devices / peak) if peak else None,
       peak_memory_gib=memory.get('peak_bytes_in_use', 0) / 2**30 or None,
-      loss=float(jnp.asarray(out['loss'])))
+      loss=float(jnp.asarray(out['loss'])),
+      **({'profile': profile} if profile else {}))
+
+
+def sweep_xla_flags(candidates: list[str], argv: list[str]) -> list[dict]:
+  """Reruns this benchmark (argv, less the sweep and peer flags) in fresh
+  processes: once as it is, then with each candidate appended to XLA_FLAGS,
+  which only takes effect before a backend starts."""
+  expanded = []
+  for flag in candidates:
+    expanded.extend(SWEEP_CANDIDATES.get(flag, [flag]))
+  passed = [a for a in argv[1:] if not a.startswith(
+      ('--sweep_xla_flag', '--peer', '--output_json'))]
+  rows = []
+  for flag in [None] + expanded:
+    with tempfile.TemporaryDirectory() as tmp:
+      out = os.path.join(tmp, 'result.json')
+      env = dict(os.environ)
+      if flag:
+        env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} {flag}'.strip()
+      done = subprocess.run(
+          [sys.executable, '-m', 'vit_jax.benchmark', *passed,
+           f'--output_json={out}'], env=env, capture_output=True, text=True,
+          check=False)
+      if done.returncode or not os.path.exists(out):
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ['']
+        rows.append(dict(flag=flag, error=tail[0][:200]))
+        continue
+      with open(out) as f:
+        result = json.load(f)
+    rows.append(dict(flag=flag, step_seconds_median=result['step_seconds_median'],
+                     images_per_second=result['images_per_second'],
+                     peak_memory_gib=result['peak_memory_gib']))
+  base = rows[0].get('step_seconds_median')
+  for row in rows:
+    if base and 'step_seconds_median' in row:
+      row['speedup'] = base / row['step_seconds_median']
+  return rows
 
 
 def main(argv):
-  del argv
   config = _CONFIG.value
-  result = benchmark(config, _STEPS.value, _WARMUP.value)
+  if _SWEEP.value:
+    rows = sweep_xla_flags(_SWEEP.value, sys.argv)
+    for row in rows:
+      flag = row['flag'] or '(no extra flag)'
+      if 'error' in row:
+        print(f'{flag:<56}  failed: {row["error"]}')
+      else:
+        print(f'{flag:<56}  {row["step_seconds_median"]:.4g} s  '
+              f'{row["images_per_second"]:.4g} img/s  x{row["speedup"]:.3f}')
+    if _OUTPUT.value:
+      with open(_OUTPUT.value, 'w') as f:
+        json.dump(rows, f, indent=1)
+    return
+  del argv
+  result = benchmark(config, _STEPS.value, _WARMUP.value, _PROFILE.value)
+  profile = result.pop('profile', None)
   if _PEER.value != 'none':
     from vit_jax import peer_benchmark  # pylint: disable=g-import-not-at-top
     on_gpu = jax.devices()[0].platform == 'gpu'
@@ -104,6 +197,9 @@ def main(argv):
   for key, value in result.items():
     shown = f'{value:.4g}' if isinstance(value, float) else value
     print(f'{key:<{width}}  {shown}')
+  if profile:
+    print(step_profile.format_summary(profile))
+    result['profile'] = profile
   if _OUTPUT.value:
     with open(_OUTPUT.value, 'w') as f:
       json.dump(result, f, indent=1)
