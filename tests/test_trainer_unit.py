@@ -174,3 +174,29 @@ def test_nonfinite_updates_are_skipped_up_to_the_configured_count(allowed):
     with pytest.raises(trainer.NonFiniteError,
                        match=r'at step 3: loss=nan, grad_norm=nan \(1 earlier'):
       trainer.train(config, None, train_data=train_data, log=lambda _: None)
+
+
+class _RecordingBatches(BatchIterator):
+  def __init__(self, source, events):
+    super().__init__(source)
+    self.events = events
+
+  def __next__(self):
+    self.events.append(f'batch {self.next_index + 1}')
+    return super().__next__()
+
+
+def test_log_step_metrics_are_read_after_the_next_step_is_dispatched():
+  config = tiny_config({'steps': 4})  # logs every step
+  events = []
+  source = SyntheticSource(num_classes=10, image_size=16, batch_size=16)
+  _, history = trainer.train(
+      config, None, train_data=_RecordingBatches(source, events),
+      log=lambda line: events.append(f'log {line.split()[1].split("/")[0]}'))
+  # Step k's metrics are fetched once step k+1 is queued; the last step's
+  # at once.
+  assert events == ['batch 1', 'batch 2', 'log 1', 'batch 3', 'log 2',
+                    'batch 4', 'log 3', 'log 4']
+  assert [entry['step'] for entry in history] == [1, 2, 3, 4]
+  assert all('nonfinite_step' not in entry and np.isfinite(entry['loss'])
+             for entry in history)

@@ -224,7 +224,8 @@ def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
           skipped_updates=state['skipped_updates'] + skip.astype(jnp.int32))
       metrics = dict(loss=loss, grad_norm=grad_norm,
                      learning_rate=setup.schedule(step),
-                     skipped_updates=new_state['skipped_updates'])
+                     skipped_updates=new_state['skipped_updates'],
+                     nonfinite_step=new_state['nonfinite_step'])
       return new_state, metrics
 
   batch_sharding = sharding.batch_sharding(setup.mesh)
@@ -351,6 +352,25 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
   watcher = PreemptionWatcher().install()
   step = int(jax.device_get(state['step']))
   throughput.update(step)
+  # A log step's metrics stay on the device until the next step has been
+  # dispatched, so reading them never leaves the device idle. Steps that
+  # also evaluate, save or end the run are read at once.
+  pending = None
+
+  def read_metrics(logged_step, device_metrics) -> dict:
+    scalars = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    if scalars.pop('nonfinite_step') >= 0:
+      _check_finite(state)
+    scalars.update(throughput.update(logged_step))
+    if hasattr(train_data, 'metrics'):
+      scalars.update(train_data.metrics())
+    return scalars
+
+  def write(logged_step, scalars):
+    writer.write(logged_step, scalars)
+    history.append({'step': logged_step, **scalars})
+    log(metrics_lib.progress_line(logged_step, config.total_steps, scalars))
+
   try:
     while step < config.total_steps:
       host_batch = next(train_data)
@@ -358,28 +378,34 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
       batch = sharding.global_batch(host_batch, setup.mesh)
       state, step_metrics = train_step(state, batch)
       step += 1
+      if pending is not None:
+        write(pending[0], read_metrics(*pending))
+        pending = None
       final = step == config.total_steps
+      stop = watcher.should_stop(step) and not final
+      saving = checkpointer is not None and (
+          checkpointer.should_save(step, final) or stop)
       if step % config.log_steps == 0 or final:
-        scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        _check_finite(state)
-        scalars.update(throughput.update(step))
-        if hasattr(train_data, 'metrics'):
-          scalars.update(train_data.metrics())
-        if eval_step is not None and (step % config.eval_steps == 0 or final):
-          for name, batches in eval_data.items():
-            scalars[f'eval/{name}'], scalars[f'eval/{name}_examples'] = (
-                evaluate(eval_step, state['params'], batches(), setup.mesh))
-          throughput.restart(step)
-        for every, evaluator in extra_evaluators:
-          if step % every == 0 or final:
+        evaluating = eval_step is not None and (
+            step % config.eval_steps == 0 or final)
+        due = [evaluator for every, evaluator in extra_evaluators
+               if step % every == 0 or final]
+        if not (final or stop or saving or evaluating or due):
+          for value in jax.tree.leaves(step_metrics):
+            value.copy_to_host_async()
+          pending = (step, step_metrics)
+        else:
+          scalars = read_metrics(step, step_metrics)
+          if evaluating:
+            for name, batches in eval_data.items():
+              scalars[f'eval/{name}'], scalars[f'eval/{name}_examples'] = (
+                  evaluate(eval_step, state['params'], batches(), setup.mesh))
+            throughput.restart(step)
+          for evaluator in due:
             scalars.update(evaluator(state['params']))
             throughput.restart(step)
-        writer.write(step, scalars)
-        history.append({'step': step, **scalars})
-        log(metrics_lib.progress_line(step, config.total_steps, scalars))
-      stop = watcher.should_stop(step) and not final
-      if checkpointer is not None and (
-          checkpointer.should_save(step, final) or stop):
+          write(step, scalars)
+      if saving:
         _check_finite(state)
         checkpointer.save(step, state, train_data.get_state())
       if stop:
