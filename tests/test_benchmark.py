@@ -64,3 +64,25 @@ def test_benchmark_profile_traces_the_model_parts():
   table = out.stdout[out.stdout.index('traced ops'):]
   for part in ('attention', 'mlp', 'layernorm', 'embedding'):
     assert f'  {part}\n' in table, table
+
+
+def test_benchmark_runs_where_tensorflow_cannot_be_imported():
+  """The GPU image has no TensorFlow: models, trainer and benchmark must not
+  need it."""
+  script = '''
+import sys
+class NoTensorFlow:
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
+      raise ImportError(f'{name} is blocked')
+sys.meta_path.insert(0, NoTensorFlow())
+sys.argv = ['benchmark', '--config', 'configs/demo.py', '--config.batch_size=8',
+            '--steps=1', '--warmup=1']
+from absl import app
+from vit_jax import benchmark
+app.run(benchmark.main)
+'''
+  out = subprocess.run([sys.executable, '-c', script], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'step_seconds_median' in out.stdout
