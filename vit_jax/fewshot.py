@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from vit_jax import checkpoints, metrics, sharding, transfer
 from vit_jax.evaluators import fewshot
 from vit_jax.models import build_model
-from vit_jax.trainer import rules_of
+from vit_jax.sharding import rules_of
 
 # The same --config and --workdir flags as training (one definition, so the
 # entry points can be imported together); --workdir is optional here.

@@ -136,3 +136,10 @@ def bytes_per_device(tree: Any) -> dict[Any, int]:
     for shard in leaf.addressable_shards:
       held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
   return held
+
+
+def rules_of(config) -> tuple:
+  """`config.sharding_rules` (lists, as configs hold them) as the tuples
+  Flax's logical-axis rules take."""
+  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+               for name, axes in config.sharding_rules)

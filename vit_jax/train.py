@@ -16,7 +16,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from vit_jax import trainer
+from vit_jax import sharding, trainer
 from vit_jax.preemption import EXIT_PREEMPTED, Preempted
 from vit_jax.data.inputs import make_inputs
 
@@ -89,7 +89,7 @@ def fewshot_evaluators(config, log):
     evaluator = fewshot.FewshotEvaluator(
         config.fewshot, model_config=config.model,
         image_size=config.image_size, mesh=setup.mesh,
-        rules=trainer.rules_of(config), log=log)
+        rules=sharding.rules_of(config), log=log)
     return [(config.fewshot.log_steps, evaluator)]
   return make
 

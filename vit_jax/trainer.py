@@ -21,6 +21,8 @@ import optax
 
 from vit_jax import metrics as metrics_lib
 from vit_jax import optim, sharding
+from vit_jax.evaluation import evaluate, make_eval_step
+from vit_jax.sharding import rules_of
 from vit_jax.checkpoints import flatten_params, unflatten_params
 from vit_jax.models import build_model
 from vit_jax.preemption import Preempted, PreemptionWatcher
@@ -49,11 +51,6 @@ def classification_loss(logits: jax.Array, labels: jax.Array, *, kind: str,
   if kind == 'sigmoid_xent':
     return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels), -1))
   raise ValueError(f'unknown loss {kind!r}; expected one of {LOSSES}.')
-
-
-def rules_of(config) -> tuple:
-  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
-               for name, axes in config.sharding_rules)
 
 
 def _fit(leaf: Any, target: jax.sharding.NamedSharding, fallback):
@@ -233,41 +230,6 @@ def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
       train_step, donate_argnums=(0,),
       in_shardings=(setup.state_shardings, batch_sharding),
       out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)))
-
-
-def make_eval_step(setup: TrainSetup) -> Callable[[Any, dict], dict]:
-  """Sums of correct predictions and counted examples; a `mask` (padded
-  examples 0) makes every example count exactly once."""
-  model, rules = setup.model, rules_of(setup.config)
-
-  def eval_step(params, batch):
-    with sharding.logical_constraints(setup.mesh, rules):
-      logits = model.apply({'params': params}, batch['images'])
-    labels = batch['labels']
-    mask = batch.get('mask', jnp.ones(labels.shape[:1], jnp.float32))
-    predicted = jnp.argmax(logits, -1)
-    if labels.ndim == 1:
-      correct = (predicted == labels).astype(jnp.float32)
-    else:
-      # Multi-hot (ReaL) or mixed labels: top-1 is right if it is among the
-      # positive classes; examples with no positive class do not count.
-      correct = (jnp.take_along_axis(labels, predicted[:, None], -1)[:, 0] > 0
-                 ).astype(jnp.float32)
-      mask = mask * (jnp.max(labels, -1) > 0)
-    return dict(correct=jnp.sum(correct * mask), count=jnp.sum(mask))
-
-  return jax.jit(eval_step, in_shardings=(
-      setup.state_shardings['params'], sharding.batch_sharding(setup.mesh)))
-
-
-def evaluate(eval_step, params, batches: Iterator[dict], mesh) -> tuple[float, int]:
-  """(accuracy, number of examples counted) over one pass of `batches`."""
-  correct = count = 0.
-  for host_batch in batches:
-    sums = jax.device_get(eval_step(params, sharding.global_batch(host_batch, mesh)))
-    correct += float(sums['correct'])
-    count += float(sums['count'])
-  return correct / max(count, 1.), int(count)
 
 
 def _check_finite(state: State) -> None:

@@ -1,0 +1,47 @@
+"""Held-out accuracy: a jitted, sharded eval step and one pass over a split.
+
+Sums (not means) come back from every step, so padded examples (mask 0) and
+multi-hot ReaL labels without a positive class are never counted.
+"""
+
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+
+from vit_jax import sharding
+
+
+def make_eval_step(setup: Any) -> Callable[[Any, dict], dict]:
+  """For a trainer.TrainSetup: sums of correct predictions and counted examples; a `mask` (padded
+  examples 0) makes every example count exactly once."""
+  model, rules = setup.model, sharding.rules_of(setup.config)
+
+  def eval_step(params, batch):
+    with sharding.logical_constraints(setup.mesh, rules):
+      logits = model.apply({'params': params}, batch['images'])
+    labels = batch['labels']
+    mask = batch.get('mask', jnp.ones(labels.shape[:1], jnp.float32))
+    predicted = jnp.argmax(logits, -1)
+    if labels.ndim == 1:
+      correct = (predicted == labels).astype(jnp.float32)
+    else:
+      # Multi-hot (ReaL) or mixed labels: top-1 is right if it is among the
+      # positive classes; examples with no positive class do not count.
+      correct = (jnp.take_along_axis(labels, predicted[:, None], -1)[:, 0] > 0
+                 ).astype(jnp.float32)
+      mask = mask * (jnp.max(labels, -1) > 0)
+    return dict(correct=jnp.sum(correct * mask), count=jnp.sum(mask))
+
+  return jax.jit(eval_step, in_shardings=(
+      setup.state_shardings['params'], sharding.batch_sharding(setup.mesh)))
+
+
+def evaluate(eval_step, params, batches: Iterator[dict], mesh) -> tuple[float, int]:
+  """(accuracy, number of examples counted) over one pass of `batches`."""
+  correct = count = 0.
+  for host_batch in batches:
+    sums = jax.device_get(eval_step(params, sharding.global_batch(host_batch, mesh)))
+    correct += float(sums['correct'])
+    count += float(sums['count'])
+  return correct / max(count, 1.), int(count)
