@@ -86,22 +86,22 @@ def benchmark(config, steps: int, warmup: int, profile_steps: int = 0) -> dict:
   compile_seconds = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  for _ in range(warmup):
+  out = None
+
+  def run_step():
+    nonlocal state, out
     state, out = compiled(state, batch)
-  jax.block_until_ready(out)
+    jax.block_until_ready(out)
+
+  for _ in range(warmup):
+    run_step()
   times = []
   for _ in range(steps):
     start = time.perf_counter()
-    state, out = compiled(state, batch)
-    jax.block_until_ready(out)
+    run_step()
     times.append(time.perf_counter() - start)
-  profile = None
-  if profile_steps:
-    def run_step():
-      nonlocal state, out
-      state, out = compiled(state, batch)
-      jax.block_until_ready(out)
-    profile = step_profile.profile_steps(compiled, run_step, profile_steps)
+  profile = (step_profile.profile_steps(compiled, run_step, profile_steps)
+             if profile_steps else None)
   step_seconds = float(np.median(times))
   devices = mesh.size
   analytic = 3 * metrics.vit_forward_flops(config.model, size,
