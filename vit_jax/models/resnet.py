@@ -13,13 +13,28 @@ import jax.numpy as jnp
 
 Dtype = Any
 
-# Weight standardization uses its own epsilon (BiT), distinct from GroupNorm's.
+# Weight standardization uses its own epsilon, distinct from GroupNorm's.
 WEIGHT_STANDARDIZATION_EPS = 1e-5
 
 
+def standardize_kernel(kernel: jax.Array) -> jax.Array:
+  """(w - mean) / (std + eps) per output channel, over (H, W, C_in).
+
+  The epsilon is added to the standard deviation, as in the code the
+  released hybrid checkpoints were trained with. Adding it to the variance
+  instead (rsqrt(var + eps), BiT's own code) rescales every channel whose
+  standard deviation is not large against sqrt(eps) ~ 3e-3, and trained
+  kernels have such channels.
+  """
+  kernel = jnp.asarray(kernel, jnp.float32)
+  centered = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+  std = jnp.std(kernel, axis=(0, 1, 2), keepdims=True)
+  return centered / (std + WEIGHT_STANDARDIZATION_EPS)
+
+
 class StdConv(nn.Module):
-  """Convolution whose kernel is standardized (zero mean, unit variance over
-  H, W, C_in) on every call; the stored kernel stays unstandardized."""
+  """Convolution whose kernel is standardized by `standardize_kernel` on
+  every call; the stored kernel stays unstandardized."""
 
   features: int
   kernel_size: tuple[int, int]
@@ -35,10 +50,7 @@ class StdConv(nn.Module):
         nn.with_logical_partitioning(
             nn.initializers.lecun_normal(), (None, None, 'conv_in', 'conv_out')),
         (*self.kernel_size, in_features, self.features), self.param_dtype)
-    kernel = jnp.asarray(kernel, jnp.float32)
-    mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
-    var = jnp.var(kernel, axis=(0, 1, 2), keepdims=True)
-    kernel = (kernel - mean) * jax.lax.rsqrt(var + WEIGHT_STANDARDIZATION_EPS)
+    kernel = standardize_kernel(kernel)
     return jax.lax.conv_general_dilated(
         x.astype(self.dtype), kernel.astype(self.dtype),
         window_strides=self.strides, padding='SAME',
