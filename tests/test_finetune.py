@@ -45,6 +45,21 @@ def test_bilinear_resize_matches_first_order_spline_zoom():
   np.testing.assert_allclose(resized, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize('old,new', [((14, 14), (1, 1)), ((4, 6), (1, 3)),
+                                     ((1, 1), (3, 3)), ((5, 1), (2, 4)),
+                                     ((3, 3), (7, 5))])
+def test_bilinear_resize_is_the_zoom_for_single_rows_and_columns(old, new):
+  """Sizes of 1 on either side: the first-order zoom samples the corner
+  (position 0) for a single output and repeats a single input."""
+  posemb = _posemb(grid=old)
+  resized = transfer.resize_posemb(posemb, new, old_grid=old)
+  grid = posemb[0, 1:].reshape(*old, 5).astype(np.float64)
+  expected = scipy.ndimage.zoom(grid, (new[0] / old[0], new[1] / old[1], 1), order=1)
+  assert expected.shape == (*new, 5)
+  np.testing.assert_allclose(resized[0, 1:].reshape(*new, 5), expected, atol=1e-6)
+  np.testing.assert_array_equal(resized[:, 0], posemb[:, 0])
+
+
 def test_rectangular_target_and_models_without_class_token():
   posemb = _posemb(prefix=0)
   resized = transfer.resize_posemb(posemb, (12, 16), num_prefix_tokens=0)

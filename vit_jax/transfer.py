@@ -33,9 +33,12 @@ _AUGREG_NAME = re.compile(r'^(?:(?P<hybrid>R\w+)\+)?(?P<width>Ti|S|B|L|H)_(?P<pa
 def _linear_weights(new: int, old: int) -> np.ndarray:
   """(new, old) weights of corner-aligned linear interpolation: output i
   samples input position i * (old - 1) / (new - 1), so both ends map onto
-  both ends (first-order spline zoom)."""
-  if old == 1 or new == 1:
-    return np.full((new, old), 1.0 / old) if old > 1 and new == 1 else np.ones((new, 1))
+  both ends (first-order spline zoom, the official resize). A single
+  output samples position 0, the first corner, as the zoom does."""
+  if old == 1:
+    return np.ones((new, 1))
+  if new == 1:
+    return np.eye(1, old)
   positions = np.arange(new) * (old - 1) / (new - 1)
   low = np.clip(np.floor(positions).astype(int), 0, old - 2)
   frac = positions - low
