@@ -154,3 +154,70 @@ def test_missing_file_names_the_path(tmp_path):
 def test_export_rejects_unknown_layout():
   with pytest.raises(ValueError, match="unknown layout 'timm'"):
     checkpoints.export_layout({}, 'timm')
+
+
+def linen_file(params):
+  """The official release's Linen-era layout: Linen block numbering, the
+  position embedding nested in the encoder, blocks per layer."""
+  return checkpoints.export_layout(params, 'big_vision') | {
+      'Transformer/posembed_input/pos_embedding':
+          np.asarray(params['Transformer']['posembed_input']['pos_embedding'])}
+
+
+def big_vision_file(params, pool):
+  """What big_vision's ViT stores for the same function: top-level
+  pos_embedding, Linen names; with pool 'tok' the embedding is added to the
+  patches before the class token is prepended, so its row 0 is folded into
+  `cls` and not stored; 'map_inlined' is the early MAP layout with the
+  head's parameters at the top level."""
+  flat = checkpoints.export_layout(params, 'big_vision')
+  flat.pop('Transformer/posembed_input/pos_embedding', None)
+  if pool == 'tok':
+    posemb = flat['pos_embedding']
+    flat['cls'] = flat['cls'] + posemb[:, :1]
+    flat['pos_embedding'] = posemb[:, 1:]
+  if pool == 'map_inlined':
+    flat = {k.removeprefix('MAPHead_0/'): v for k, v in flat.items()}
+    assert 'probe' in flat and 'MlpBlock_0/Dense_0/kernel' in flat
+  return flat
+
+
+LAYOUTS = {
+    # name: (classifier of the model, file from the params)
+    'vit_jax_pre_linen': ('token', lambda p: checkpoints.export_layout(p, 'vit_jax')),
+    'vit_jax_linen': ('token', linen_file),
+    'big_vision_tok': ('token', lambda p: big_vision_file(p, 'tok')),
+    'big_vision_gap': ('gap', lambda p: big_vision_file(p, 'gap')),
+    'big_vision_map': ('map', lambda p: big_vision_file(p, 'map')),
+    'big_vision_map_inlined': ('map', lambda p: big_vision_file(p, 'map_inlined')),
+}
+
+
+@pytest.mark.parametrize('stacked_file', [False, True], ids=['per_layer', 'stacked'])
+@pytest.mark.parametrize('layout', sorted(LAYOUTS))
+def test_every_released_layout_loads_and_computes_the_same(tmp_path, images,
+                                                           layout, stacked_file):
+  classifier, make_file = LAYOUTS[layout]
+  model = build(tiny_model_config(classifier=classifier), 10)
+  params = randomize(init_params(model))
+  expected = model.apply({'params': params}, images)
+  flat = make_file(params)
+  if stacked_file:
+    flat = checkpoints.stack_encoder_blocks(flat)
+  path = write_npz(tmp_path / f'{layout}.npz', flat)
+  for scan in (False, True):
+    target = build(tiny_model_config(classifier=classifier, scan=scan), 10)
+    lines = []
+    loaded = checkpoints.load_npz_params(
+        path, abstract_params(target, images.shape), log=lines.append)
+    np.testing.assert_allclose(target.apply({'params': loaded}, images),
+                               expected, atol=2e-5, rtol=1e-5)
+    converted = [l for l in lines if 'class-token layout' in l]
+    if layout == 'big_vision_tok':
+      assert converted == ['  converted big_vision class-token layout: pos_embedding '
+                           '(1, 16, 32) has no row for the class token; prepended '
+                           'a zero row -> (1, 17, 32)']
+      posemb = loaded['Transformer']['posembed_input']['pos_embedding']
+      np.testing.assert_array_equal(posemb[0, 0], np.zeros(32))
+    else:
+      assert not converted

@@ -111,6 +111,67 @@ def test_fit_swaps_head_resizes_posemb_drops_pre_logits_and_logs():
   assert 'resized Transformer/posembed_input/pos_embedding (1, 17, 8) -> (1, 37, 8)' in text
 
 
+def _big_vision_tok(grid, classes, seed=0):
+  """A big_vision class-token file: one position-embedding row per patch."""
+  flat = checkpoints.flatten_params(_tree(grid, classes))
+  flat.pop(transfer.POSEMB)
+  flat['pos_embedding'] = _posemb(grid=(grid, grid), prefix=0, width=8, seed=seed)
+  return flat
+
+
+def test_big_vision_class_token_file_fits_a_larger_grid():
+  source = _big_vision_tok(4, 1000)
+  lines = []
+  loaded = transfer.fit_pretrained(dict(source), _tree(6, 10), source='bv.npz',
+                                   stacked=False, num_prefix_tokens=1,
+                                   log=lines.append)
+  posemb = loaded[transfer.POSEMB]
+  assert posemb.shape == (1, 37, 8)
+  np.testing.assert_array_equal(posemb[0, 0], np.zeros(8))
+  np.testing.assert_allclose(
+      posemb[0, 1:], transfer.resize_posemb(source['pos_embedding'], (6, 6),
+                                            num_prefix_tokens=0)[0], atol=1e-6)
+  assert lines[:1] == ['  converted big_vision class-token layout: pos_embedding '
+                       '(1, 16, 8) has no row for the class token; prepended a '
+                       'zero row -> (1, 17, 8)']
+  assert ('  resized Transformer/posembed_input/pos_embedding (1, 17, 8) -> '
+          '(1, 37, 8) (grid (6, 6), spline order 1)') in lines
+
+
+def _fit_error(source, target, num_prefix_tokens):
+  with pytest.raises(checkpoints.CheckpointMismatchError) as error:
+    transfer.fit_pretrained(dict(source), target, source='ckpt.npz',
+                            stacked=False, num_prefix_tokens=num_prefix_tokens,
+                            log=lambda _: None)
+  return str(error.value)
+
+
+def test_posemb_that_cannot_be_mapped_names_the_cause():
+  no_class_token = _big_vision_tok(4, 10)
+  del no_class_token['cls']  # a 'gap' or 'map' file
+  assert _fit_error(no_class_token, _tree(6, 10), 1) == (
+      'checkpoint ckpt.npz has no class token (cls): it pools without one '
+      '("gap" or "map"), but config.model.classifier is "token"; set '
+      "config.model.classifier to the checkpoint's pooling.")
+  gap_target = _tree(6, 10)
+  del gap_target['cls']
+  gap_target['Transformer']['posembed_input']['pos_embedding'] = np.zeros((1, 36, 8))
+  for source in (_big_vision_tok(4, 10), checkpoints.flatten_params(_tree(4, 10))):
+    assert _fit_error(source, gap_target, 0) == (
+        'checkpoint ckpt.npz has a class token (cls) but the model has none '
+        '(config.model.classifier "gap" or "map"); set '
+        'config.model.classifier="token".')
+  rectangular = checkpoints.flatten_params(_tree(4, 10))
+  # (3x5 + 1 = 16 rows would read as a big_vision 4x4 grid, as in
+  # big_vision's own reader.)
+  rectangular[transfer.POSEMB] = _posemb(grid=(2, 5), width=8)
+  assert _fit_error(rectangular, _tree(6, 10), 1) == (
+      'checkpoint ckpt.npz: position embedding (1, 11, 8) has 10 grid rows '
+      'after 1 class-token row(s), not a square grid, so its height and width '
+      'are unknown; resize it with vit_jax.transfer.resize_posemb(..., '
+      'old_grid=(h, w)) and save the checkpoint again.')
+
+
 def test_fit_dont_load_keeps_fresh_values():
   source = checkpoints.flatten_params(_tree(4, 10))
   loaded = transfer.fit_pretrained(source, _tree(4, 10), source='x', stacked=False,

@@ -8,6 +8,10 @@ package's parameter tree:
   (`MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`);
 * the position embedding nested (`Transformer/posembed_input/pos_embedding`)
   or at the top level (`pos_embedding`, big_vision);
+* big_vision's class-token layout, whose position embedding has no row for
+  the class token (see `add_class_token_row`);
+* big_vision's early MAP-head files with the head's parameters inlined at
+  the top level (`probe`, ...) instead of under `MAPHead_0`;
 * per-layer encoder blocks (`encoderblock_{i}`) or one stacked block
   (`encoderblock`, leading layer axis, big_vision's scanned encoder), in
   either direction, to match the model's `scan` setting;
@@ -19,8 +23,10 @@ Paths may be local or any filesystem etils.epath reads (gs:// included).
 """
 
 import io
+import logging
+import math
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from etils import epath
@@ -39,6 +45,10 @@ _BLOCK = re.compile(r'^(?P<prefix>.*Transformer/)encoderblock_(?P<index>\d+)/'
 _STACKED_BLOCK = re.compile(r'^(?P<prefix>.*Transformer/)encoderblock/'
                             r'(?P<rest>.*)$')
 _NESTED_POSEMB = 'Transformer/posembed_input/pos_embedding'
+_CLASS_TOKEN = 'cls'
+# Children of big_vision's MAP head, once stored at the top level.
+_INLINED_MAP_HEAD = ('probe', 'MlpBlock_0', 'MultiHeadDotProductAttention_0',
+                     'LayerNorm_0')
 _TRAINING_PREFIXES = ('params/', 'opt/target/')
 
 
@@ -142,6 +152,9 @@ def to_model_layout(flat: FlatParams, *, stacked: bool) -> FlatParams:
     flat = _rename_block_children(flat, _PRE_LINEN_BLOCK_NAMES)
   if 'pos_embedding' in flat:
     flat[_NESTED_POSEMB] = flat.pop('pos_embedding')
+  if 'probe' in flat:
+    flat = {(f'MAPHead_0/{k}' if k.split('/')[0] in _INLINED_MAP_HEAD else k): v
+            for k, v in flat.items()}
   for path, value in flat.items():
     if (re.search(r'(^|/)gn[^/]*/(scale|bias)$', path)
         and np.ndim(value) == 4):
@@ -149,6 +162,44 @@ def to_model_layout(flat: FlatParams, *, stacked: bool) -> FlatParams:
   if stacked:
     return stack_encoder_blocks(flat)
   return unstack_encoder_blocks(flat)
+
+
+def is_square(n: int) -> bool:
+  return n >= 0 and math.isqrt(n) ** 2 == n
+
+
+def add_class_token_row(flat: FlatParams, model_rows: int | None = None,
+                        log: Callable[[str], None] = logging.info) -> FlatParams:
+  """Gives a big_vision class-token file the position-embedding row of its
+  class token.
+
+  big_vision's ViT with `pool_type='tok'` adds the position embedding to
+  the patch tokens and then prepends the class token, so its files store
+  one row per patch beside `cls`. This package (like the official release)
+  adds the embedding after prepending, with a row for the class token;
+  a zero row there computes exactly what big_vision computed.
+
+  The layout is told from the shapes: with `model_rows` (the model's row
+  count) a file one row short is converted; otherwise, as in big_vision's
+  own reader, a file whose rows minus one form a square grid already has
+  the class row, and one whose rows form a square grid has not.
+  """
+  posemb = flat.get(_NESTED_POSEMB)
+  if posemb is None or _CLASS_TOKEN not in flat:
+    return flat
+  _, rows, width = np.shape(posemb)
+  if model_rows is not None and model_rows in (rows, rows + 1):
+    convert = model_rows == rows + 1
+  else:
+    convert = is_square(rows) and not is_square(rows - 1)
+  if convert:
+    flat = dict(flat)
+    flat[_NESTED_POSEMB] = np.concatenate(
+        [np.zeros((1, 1, width), np.asarray(posemb).dtype), posemb], axis=1)
+    log(f'  converted big_vision class-token layout: pos_embedding '
+        f'(1, {rows}, {width}) has no row for the class token; prepended a '
+        f'zero row -> (1, {rows + 1}, {width})')
+  return flat
 
 
 def _describe_mismatch(expected: Mapping[str, tuple], found: Mapping[str, tuple],
@@ -195,15 +246,21 @@ def match_params(flat: FlatParams, reference_params: Params,
       {k: np.asarray(flat[k], dtype=reference[k].dtype) for k in reference})
 
 
-def load_npz_params(path: str, reference_params: Params) -> Params:
+def load_npz_params(path: str, reference_params: Params,
+                    log: Callable[[str], None] = logging.info) -> Params:
   """Loads a released (or exported) `.npz` into the model's parameter tree.
 
   `reference_params` is the model's tree, e.g. the `params` of
   `jax.eval_shape(model.init, ...)`, unboxed; whether it is scanned decides
-  the encoder layout produced.
+  the encoder layout produced. Layout conversions that change values'
+  shapes beyond renaming are reported through `log`.
   """
-  stacked = any(_STACKED_BLOCK.match(k) for k in flatten_params(reference_params))
+  reference = flatten_params(reference_params)
+  stacked = any(_STACKED_BLOCK.match(k) for k in reference)
   flat = to_model_layout(read_npz(path), stacked=stacked)
+  model_posemb = reference.get(_NESTED_POSEMB)
+  flat = add_class_token_row(
+      flat, None if model_posemb is None else model_posemb.shape[1], log)
   return match_params(flat, reference_params, source=repr(path))
 
 

@@ -129,6 +129,35 @@ def read_pretrained(init_from: str) -> tuple[checkpoints.FlatParams, str]:
   return read_orbax_params(directory, int(step) if step else None), path
 
 
+def _check_class_token(*, has_class_token: bool, num_prefix_tokens: int,
+                       source: str) -> None:
+  """Raises CheckpointMismatchError when the checkpoint and the model
+  disagree on having a class token (the position embedding cannot be
+  mapped then)."""
+  if has_class_token and not num_prefix_tokens:
+    raise checkpoints.CheckpointMismatchError(
+        f'checkpoint {source} has a class token (cls) but the model has none '
+        f'(config.model.classifier "gap" or "map"); set '
+        f'config.model.classifier="token".')
+  if num_prefix_tokens and not has_class_token:
+    raise checkpoints.CheckpointMismatchError(
+        f'checkpoint {source} has no class token (cls): it pools without one '
+        f'("gap" or "map"), but config.model.classifier is "token"; set '
+        f'config.model.classifier to the checkpoint\'s pooling.')
+
+
+def _check_square_grid(shape: tuple[int, ...], num_prefix_tokens: int,
+                       source: str) -> None:
+  grid = shape[1] - num_prefix_tokens
+  if not checkpoints.is_square(grid):
+    raise checkpoints.CheckpointMismatchError(
+        f'checkpoint {source}: position embedding {tuple(shape)} has {grid} '
+        f'grid rows after {num_prefix_tokens} class-token row(s), not a square '
+        f'grid, so its height and width are unknown; resize it with '
+        f'vit_jax.transfer.resize_posemb(..., old_grid=(h, w)) and save the '
+        f'checkpoint again.')
+
+
 def fit_pretrained(flat: checkpoints.FlatParams, reference_params: Params, *,
                    source: str, stacked: bool, num_prefix_tokens: int,
                    new_grid: tuple[int, int] | None = None,
@@ -142,6 +171,10 @@ def fit_pretrained(flat: checkpoints.FlatParams, reference_params: Params, *,
   checkpoint lacks."""
   flat = checkpoints.to_model_layout(flat, stacked=stacked)
   reference = checkpoints.flatten_params(reference_params)
+  if POSEMB in reference:
+    flat = checkpoints.add_class_token_row(
+        flat, tuple(reference[POSEMB].shape)[1], log)
+  has_class_token = 'cls' in flat  # before dont_load may drop it
   patterns = [re.compile(p) for p in dont_load]
 
   def fresh(key):
@@ -157,6 +190,9 @@ def fit_pretrained(flat: checkpoints.FlatParams, reference_params: Params, *,
   if POSEMB in flat and POSEMB in reference:
     old, new = np.shape(flat[POSEMB]), tuple(reference[POSEMB].shape)
     if old != new:
+      _check_class_token(has_class_token=has_class_token,
+                         num_prefix_tokens=num_prefix_tokens, source=source)
+      _check_square_grid(old, num_prefix_tokens, source)
       if new_grid is None:  # square, from the model's token count
         side = int(round(np.sqrt(new[1] - num_prefix_tokens)))
         new_grid = (side, side)
