@@ -140,36 +140,3 @@ def test_resuming_with_another_model_shape_is_an_error_not_damage(tmp_path):
   assert 'model of another shape' in out.stderr
   assert 'MlpBlock_0/Dense_0/kernel: checkpoint (32, 64) vs config (32, 96)' in out.stderr
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2']
-
-
-def _train_cli(*flags, workdir):
-  return subprocess.run(
-      [sys.executable, '-m', 'vit_jax.train', '--config', 'configs/demo.py',
-       '--workdir', str(workdir), '--config.total_steps=2',
-       '--config.schedule.warmup_steps=1', *flags],
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True,
-      text=True, timeout=300)
-
-
-def test_bad_inputs_fail_with_a_message_naming_the_value_and_the_fix(tmp_path):
-  a_file = tmp_path / 'a_file'
-  a_file.write_text('')
-  cases = [
-      (['--config.modle.dtype=bfloat16'], tmp_path / 'w1',
-       'Did you mean "model" instead of "modle"?'),
-      (['--config.mesh.data=3'], tmp_path / 'w2',
-       "mesh {'data': 3, 'fsdp': 1, 'tensor': 1} has 3 devices but 1 are "
-       'available; set one axis to -1'),
-      (['--config.batch_size=100', '--config.accum_steps=3'], tmp_path / 'w3',
-       'batch_size=100 is not divisible by data-parallel size 1 x accum_steps 3'),
-      (['--config.image_size=9'], tmp_path / 'w4',
-       'image_size=9 is not divisible by the patch size (2, 2)'),
-      (['--config.image_size=16'], tmp_path / 'w5',
-       'the input pipeline gives 8x8 images but config.image_size=16'),
-      ([], a_file / 'run', f"workdir '{a_file / 'run'}' cannot be written"),
-  ]
-  for flags, workdir, message in cases:
-    out = _train_cli(*flags, workdir=workdir)
-    assert out.returncode != 0, flags
-    assert message in out.stderr, (flags, out.stderr[-2000:])

@@ -31,6 +31,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from etils import epath
 
+from vit_jax.user_errors import UserError
+
 Params = Any  # nested dict of arrays
 FlatParams = dict[str, np.ndarray]
 
@@ -52,8 +54,16 @@ _INLINED_MAP_HEAD = ('probe', 'MlpBlock_0', 'MultiHeadDotProductAttention_0',
 _TRAINING_PREFIXES = ('params/', 'opt/target/')
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
   """A checkpoint whose parameter names or shapes differ from the model's."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+  """No checkpoint where the user pointed."""
+
+
+class CheckpointReadError(UserError, ValueError):
+  """A checkpoint file that exists (or may) but cannot be read."""
 
 
 def flatten_params(tree: Mapping[str, Any], prefix: str = '') -> FlatParams:
@@ -83,12 +93,28 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
 def read_npz(path: str) -> FlatParams:
   """All arrays of an `.npz` file as a flat dict (local or remote path)."""
   file = epath.Path(path)
-  if not file.exists():
-    raise FileNotFoundError(
+  try:
+    exists = file.exists()
+    content = file.read_bytes() if exists else None
+  except Exception as e:  # pylint: disable=broad-except
+    # Remote filesystems raise their own types (TensorFlow's, fsspec's).
+    raise CheckpointReadError(
+        f'checkpoint {path!r} cannot be read ({type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else ""}); check the path, the '
+        f'network and the credentials for the bucket, or copy the file to a '
+        f'local disk.') from None
+  if not exists:
+    raise CheckpointNotFoundError(
         f'checkpoint {path!r} does not exist; check the path (local, or gs:// '
         f'with credentials for the bucket).')
-  with np.load(io.BytesIO(file.read_bytes()), allow_pickle=False) as data:
-    return {key: data[key] for key in data.files}
+  try:
+    with np.load(io.BytesIO(content), allow_pickle=False) as data:
+      return {key: data[key] for key in data.files}
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointReadError(
+        f'checkpoint {path!r} is not a readable .npz of arrays '
+        f'({type(e).__name__}: {e}); the file is truncated or of another '
+        f'kind: download or export it again.') from None
 
 
 def stack_encoder_blocks(flat: Mapping[str, Any]) -> FlatParams:
@@ -246,6 +272,13 @@ def match_params(flat: FlatParams, reference_params: Params,
       {k: np.asarray(flat[k], dtype=reference[k].dtype) for k in reference})
 
 
+def _plain(tree: Params) -> Params:
+  """Unboxes Flax metadata boxes (nn.Partitioned from `model.init`), so
+  trees straight from init save and load like plain ones."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  return nn.unbox(tree)
+
+
 def load_npz_params(path: str, reference_params: Params,
                     log: Callable[[str], None] = logging.info) -> Params:
   """Loads a released (or exported) `.npz` into the model's parameter tree.
@@ -255,6 +288,7 @@ def load_npz_params(path: str, reference_params: Params,
   the encoder layout produced. Layout conversions that change values'
   shapes beyond renaming are reported through `log`.
   """
+  reference_params = _plain(reference_params)
   reference = flatten_params(reference_params)
   stacked = any(_STACKED_BLOCK.match(k) for k in reference)
   flat = to_model_layout(read_npz(path), stacked=stacked)
@@ -277,7 +311,7 @@ def export_layout(params: Params, layout: str = 'vit_jax') -> FlatParams:
   if layout not in LAYOUTS:
     raise ValueError(f'unknown layout {layout!r}; expected one of {LAYOUTS}.')
   flat = unstack_encoder_blocks(
-      {k: np.asarray(v) for k, v in flatten_params(params).items()})
+      {k: np.asarray(v) for k, v in flatten_params(_plain(params)).items()})
   if layout == 'vit_jax':
     return _rename_block_children(flat, _LINEN_TO_PRE_LINEN)
   if _NESTED_POSEMB in flat:

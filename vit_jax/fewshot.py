@@ -19,6 +19,7 @@ from vit_jax import checkpoints, metrics, sharding, transfer
 from vit_jax.evaluators import fewshot
 from vit_jax.models import build_model
 from vit_jax.sharding import rules_of
+from vit_jax.user_errors import ConfigError, reported
 
 # The same --config and --workdir flags as training (one definition, so the
 # entry points can be imported together); --workdir is optional here.
@@ -42,13 +43,15 @@ def load_params(config, mesh):
       x.shape, replicated, lambda index, x=x: x[index]), host)
 
 
+@reported
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   if not config.init_from:
-    raise ValueError("--config.init_from is required: a checkpoint, or "
-                     "'random' for a randomly initialized model.")
+    raise ConfigError("config.init_from is empty: set --config.init_from to "
+                      "a checkpoint, or 'random' for a randomly initialized "
+                      "model.")
   mesh = sharding.make_mesh(config.mesh)
   params = load_params(config, mesh)
   evaluator = fewshot.FewshotEvaluator(

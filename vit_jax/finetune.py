@@ -13,6 +13,7 @@ official-layout .npz (`config.export`).
 import sys
 
 from absl import app
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -20,19 +21,26 @@ import numpy as np
 from vit_jax import checkpoints, transfer
 from vit_jax import train as train_lib
 from vit_jax.preemption import EXIT_PREEMPTED, Preempted
+from vit_jax.user_errors import ConfigError, reported
 
 
-def pretrained_params(config, log=print):
-  """A `pretrained(setup)` callback for trainer.train."""
+def pretrained_params(config, workdir=None, log=print):
+  """A `pretrained(setup)` callback for trainer.train. Unless `workdir`
+  already holds checkpoints (a resume), the checkpoint is read now, so a
+  missing or broken file stops the run before anything is written."""
   if not config.init_from:
-    raise ValueError('fine-tuning needs --config.init_from: an .npz file, an '
-                     'AugReg name, or a pre-training workdir (DIR or DIR@STEP).')
+    raise ConfigError('config.init_from is empty: fine-tuning needs '
+                      '--config.init_from=an .npz file, an AugReg name, or a '
+                      'pre-training workdir (DIR or DIR@STEP).')
+
+  resuming = workdir is not None and epath.Path(workdir, 'checkpoints').exists()
+  already_read = None if resuming else transfer.read_pretrained(config.init_from)
 
   def load(setup):
     return transfer.load_pretrained(
         config.init_from, setup.state_shapes['params'], config.model,
         dont_load=tuple(config.dont_load), posemb_order=config.posemb_order,
-        log=log)
+        log=log, already_read=already_read)
   return load
 
 
@@ -46,17 +54,19 @@ def export(params, path: str, layout: str) -> None:
     print(f'exported {path} ({layout} layout)')
 
 
+@reported
 def main(argv):
   del argv
   config = train_lib._CONFIG.value  # pylint: disable=protected-access
+  workdir = train_lib._WORKDIR.value  # pylint: disable=protected-access
   log = print if jax.process_index() == 0 else (lambda _: None)
   try:
-    state, _ = train_lib.run(pretrained=pretrained_params(config, log))
+    state, _ = train_lib.run(
+        pretrained=pretrained_params(config, workdir, log))
   except Preempted as e:
     print(e)
     sys.exit(EXIT_PREEMPTED)
   if config.export:
-    workdir = train_lib._WORKDIR.value  # pylint: disable=protected-access
     export(state['params'], f'{workdir}/finetuned.npz', config.export)
 
 

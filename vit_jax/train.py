@@ -16,9 +16,10 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from vit_jax import sharding, trainer
+from vit_jax import config_checks, sharding, trainer
 from vit_jax.preemption import EXIT_PREEMPTED, Preempted
 from vit_jax.data.inputs import make_inputs
+from vit_jax.user_errors import reported
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, optionally with an argument string: '
@@ -68,6 +69,9 @@ def run(pretrained=None):
   logging.set_verbosity(logging.WARNING)
   initialize_distributed()
   config = _CONFIG.value
+  # Everything the user typed is checked before the data is opened or the
+  # workdir is touched.
+  config_checks.check_config(config, jax.device_count())
   if jax.process_index() == 0:
     print(f'{jax.process_count()} processes, {jax.device_count()} devices '
           f'({jax.devices()[0].device_kind}); model {config.model.name}, '
@@ -94,6 +98,7 @@ def fewshot_evaluators(config, log):
   return make
 
 
+@reported
 def main(argv):
   del argv
   try:
@@ -104,5 +109,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
+  flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

@@ -22,6 +22,7 @@ import optax
 from vit_jax import metrics as metrics_lib
 from vit_jax import optim, sharding
 from vit_jax.evaluation import evaluate, make_eval_step
+from vit_jax.user_errors import ConfigError
 from vit_jax.sharding import rules_of
 from vit_jax.checkpoints import flatten_params, unflatten_params
 from vit_jax.models import build_model
@@ -87,14 +88,14 @@ def make_setup(config: ml_collections.ConfigDict,
   mesh = mesh or sharding.make_mesh(config.mesh)
   dp = sharding.data_parallel_size(mesh)
   if config.batch_size % (dp * config.accum_steps):
-    raise ValueError(
+    raise ConfigError(
         f'batch_size={config.batch_size} is not divisible by data-parallel '
         f'size {dp} x accum_steps {config.accum_steps}; choose a multiple of '
         f'{dp * config.accum_steps}.')
   patch = tuple(config.model.patch_size)
   if not config.model.get('resnet_layers') and (
       config.image_size % patch[0] or config.image_size % patch[1]):
-    raise ValueError(
+    raise ConfigError(
         f'image_size={config.image_size} is not divisible by the patch size '
         f'{patch}: the last pixels would be dropped silently. Choose an '
         f'image size that is a multiple of it.')
@@ -254,7 +255,7 @@ def _check_writable(workdir: str) -> None:
     probe.write_text('ok')
     probe.unlink()
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(
+    raise ConfigError(
         f'workdir {workdir!r} cannot be written ({type(e).__name__}: {e}); '
         f'pass a directory you can write to (local, or gs:// with write '
         f'access).') from None
@@ -263,7 +264,7 @@ def _check_writable(workdir: str) -> None:
 def _check_images(host_batch: dict, config) -> None:
   got = tuple(host_batch['images'].shape[1:3])
   if got != (config.image_size, config.image_size):
-    raise ValueError(
+    raise ConfigError(
         f'the input pipeline gives {got[0]}x{got[1]} images but '
         f'config.image_size={config.image_size}; make pp_train/pp_eval end at '
         f'{{image_size}} or set --config.image_size={got[0]}.')

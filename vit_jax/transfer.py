@@ -104,14 +104,22 @@ def read_orbax_params(directory: str, step: int | None = None) -> checkpoints.Fl
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top
   root = epath.Path(directory)
-  if (root / 'checkpoints').is_dir():
-    root = root / 'checkpoints'
-  if not root.is_dir():
-    raise FileNotFoundError(f'checkpoint directory {directory!r} does not exist.')
+  try:
+    if (root / 'checkpoints').is_dir():
+      root = root / 'checkpoints'
+    is_dir = root.is_dir()
+  except Exception as e:  # pylint: disable=broad-except
+    raise checkpoints.CheckpointReadError(
+        f'checkpoint {directory!r} cannot be read ({type(e).__name__}); check '
+        f'the path, the network and the credentials for the bucket.') from None
+  if not is_dir:
+    raise checkpoints.CheckpointNotFoundError(
+        f'checkpoint {directory!r} does not exist; expected an .npz file, an '
+        f'AugReg name or a workdir of vit_jax.train (DIR or DIR@STEP).')
   with ocp.CheckpointManager(root, item_names=('state', 'data')) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'no checkpoint in {str(root)!r}; expected step '
+      raise checkpoints.CheckpointNotFoundError(f'no checkpoint in {str(root)!r}; expected step '
                               f'folders written by vit_jax.train.')
     state = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore()))['state']
@@ -209,12 +217,14 @@ def fit_pretrained(flat: checkpoints.FlatParams, reference_params: Params, *,
 
 def load_pretrained(init_from: str, reference_params: Params, model_config,
                     dont_load: Sequence[str] = (), posemb_order: int = 1,
-                    log: Callable[[str], None] = logging.info
+                    log: Callable[[str], None] = logging.info,
+                    already_read: tuple[checkpoints.FlatParams, str] | None = None
                     ) -> checkpoints.FlatParams:
-  """read_pretrained + fit_pretrained for a model built from `model_config`;
-  an AugReg file of another variant is refused by name."""
+  """read_pretrained (unless `already_read` holds its result) +
+  fit_pretrained for a model built from `model_config`; an AugReg file of
+  another variant is refused by name."""
   from configs.models import canonical_name  # pylint: disable=g-import-not-at-top
-  flat, source = read_pretrained(init_from)
+  flat, source = already_read or read_pretrained(init_from)
   from_name = augreg_model_name(source)
   if from_name and canonical_name(from_name) != canonical_name(model_config.name):
     raise checkpoints.CheckpointMismatchError(

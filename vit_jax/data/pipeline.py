@@ -18,12 +18,13 @@ import numpy as np
 import tensorflow as tf
 
 from vit_jax.data.ops import Preprocess
+from vit_jax.user_errors import ConfigError, UserError
 
 ON_CORRUPT = ('stop', 'skip')
 _AUTOTUNE = tf.data.AUTOTUNE
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(UserError, ValueError):
   """An image could not be decoded or preprocessed."""
 
 
@@ -41,7 +42,8 @@ def _example_seed(seed: int, process_index: int, position):
 
 def _check_on_corrupt(on_corrupt):
   if on_corrupt not in ON_CORRUPT:
-    raise ValueError(f'on_corrupt={on_corrupt!r}; expected one of {ON_CORRUPT}.')
+    raise ConfigError(f'config.on_corrupt={on_corrupt!r}: expected one of '
+                      f'{list(ON_CORRUPT)}; set --config.on_corrupt=stop or skip.')
 
 
 def _check_fixed_size(spec: dict, pp: str) -> None:

@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from vit_jax.user_errors import UserError
+
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 _TFDS_PREPARE = {
     'imagenet2012': (
@@ -33,7 +35,7 @@ _TFDS_PREPARE = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
   """A dataset is not where the config says; the message says what to do."""
 
 
@@ -127,10 +129,22 @@ class FolderSource:
           f'image folder {root!r} does not exist; expected '
           f'{root}/train/<class>/<image>.jpg (and val/<class>/...).')
     self.root = root
-    self.split_names = sorted(d.rstrip('/') for d in tf.io.gfile.listdir(root)
-                              if tf.io.gfile.isdir(os.path.join(root, d)))
+    layout = (f'expected {root}/<split>/<class>/<image>, e.g. '
+              f'{root}/train/cat/1.jpg and {root}/test/cat/2.jpg')
+    self.split_names = self._subdirs(root)
+    if not self.split_names:
+      raise DatasetNotFoundError(
+          f'image folder {root!r} has no split folders; {layout}.')
     class_root = 'train' if 'train' in self.split_names else self.split_names[0]
     self.classes = self._subdirs(os.path.join(root, class_root))
+    if not self.classes:
+      images = [f for f in tf.io.gfile.listdir(os.path.join(root, class_root))
+                if f.lower().endswith(IMAGE_SUFFIXES)]
+      found = (f'{len(images)} images directly in it' if images
+               else 'it is empty')
+      raise DatasetNotFoundError(
+          f'image folder {os.path.join(root, class_root)!r} has no class '
+          f'folders ({found}); {layout}: one folder per class.')
     self.num_classes = len(self.classes)
     self._files: dict[str, tuple[list[str], list[int]]] = {}
 
