@@ -195,3 +195,22 @@ def test_boxed_params_from_init_save_and_load(tmp_path):
                                 nn.unbox(boxed)['embedding']['kernel'])
   assert jax.tree.map(np.shape, loaded) == jax.tree.map(
       np.shape, abstract_params(model, (1, 16, 16, 3)))
+
+
+def test_mistyped_key_unwritable_workdir_and_pipeline_size(tmp_path):
+  out = run_entry_point('vit_jax.train', *DEMO, '--workdir', str(tmp_path / 'w1'),
+                        '--config.modle.dtype=bfloat16')
+  assert out.returncode != 0
+  assert 'Did you mean "model" instead of "modle"?' in out.stderr
+  assert not (tmp_path / 'w1').exists()
+
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('')
+  out = run_entry_point('vit_jax.train', *DEMO, '--workdir', str(a_file / 'run'))
+  assert_user_error(out, f"workdir '{a_file / 'run'}' cannot be written")
+
+  # Only the first batch tells the pipeline's output size.
+  out = run_entry_point('vit_jax.train', *DEMO, '--workdir', str(tmp_path / 'w3'),
+                        '--config.image_size=16')
+  assert_user_error(out, 'the input pipeline gives 8x8 images but '
+                         'config.image_size=16')
