@@ -1,5 +1,9 @@
 """Few-shot linear-probe config: `configs/fewshot.py:model=B/16,image_size=224`.
 
+`dataset=NAME` (any TFDS name, folder:PATH or tfds_dir:PATH) probes that
+dataset alone: its train split, and its validation or test split (else a
+held-out tenth of train) for scoring.
+
   python -m vit_jax.fewshot --config configs/fewshot.py:model=B/16 \
       --config.init_from=gs://vit_models/imagenet21k/ViT-B_16.npz
 
@@ -41,7 +45,7 @@ def get_fewshot_section(datasets=None, log_steps: int = 10_000
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = pretrain.parse_arg(arg, model='B/16', image_size='224',
-                            imagenet='False')
+                            imagenet='False', dataset='')
   config = ml_collections.ConfigDict()
   config.init_from = ''  # .npz, AugReg name, workdir (DIR@STEP), or 'random'
   config.seed = 0
@@ -50,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   datasets = dict(DEFAULT_DATASETS)
   if args['imagenet'] == 'True':
     datasets.update(IMAGENET)
+  if args['dataset']:
+    name = args['dataset'].rstrip('/').rsplit('/', 1)[-1].rsplit(':', 1)[-1]
+    datasets = {name: (args['dataset'], 'train', 'auto')}
   config.fewshot = get_fewshot_section(datasets)
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.sharding_rules = pretrain.get_config().sharding_rules

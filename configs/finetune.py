@@ -12,7 +12,10 @@ import ml_collections
 
 from configs import pretrain
 
-# dataset: (steps, warmup steps, base lr)
+# dataset: (steps, warmup steps, base lr). Other datasets (any TFDS name,
+# folder:PATH, tfds_dir:PATH) train for FINETUNE_EPOCHS with WARMUP_FRACTION.
+FINETUNE_EPOCHS = 10
+WARMUP_FRACTION = 0.05
 RECIPES = {
     'cifar10': (10_000, 500, 0.03),
     'cifar100': (10_000, 500, 0.03),
@@ -29,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = pretrain.get_config(
       f'model={args["model"]},dataset={args["dataset"]},'
       f'batch_size={args["batch_size"]}')
-  steps, warmup, lr = RECIPES.get(config.dataset, (10_000, 500, 0.03))
+  steps, warmup, lr = RECIPES.get(config.dataset, (None, None, 0.03))
   if config.dataset == 'cifar10' and config.model.name == 'B/16':
     lr = 0.01  # the official B/16 CIFAR-10 run
   config.init_from = ''
@@ -40,7 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.pp_train = 'decode_inception_crop({image_size})|flip_lr'
   config.pp_eval = 'decode|resize({image_size})'
   config.real_eval = False
+  # None (datasets without a recipe): FINETUNE_EPOCHS over the data.
   config.total_steps = steps
+  config.epochs = FINETUNE_EPOCHS
   config.model.representation_size = None
   config.model.dropout_rate = 0.0
   config.model.head_bias_init = 0.0
@@ -49,9 +54,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name='sgd', momentum=0.9, first_moment_dtype='bfloat16',
       grad_clip_norm=1.0, weight_decay=0.0,
       freeze=()))  # regexes (full match) of parameters that stay fixed
+  # The recipe's warmup as a fraction, so it follows --config.total_steps.
   config.schedule = ml_collections.ConfigDict(dict(
-      base_lr=lr, warmup_steps=warmup, decay_type='cosine', end_lr=0.0))
-  config.eval_steps = max(steps // 10, 1)
-  config.checkpoint_steps = max(steps // 10, 1)
+      base_lr=lr, warmup_steps=ml_collections.FieldReference(None, field_type=int),
+      warmup_fraction=warmup / steps if steps else WARMUP_FRACTION,
+      max_warmup_steps=ml_collections.FieldReference(None, field_type=int),
+      decay_type='cosine', end_lr=0.0))
+  # None: a tenth of total_steps (vit_jax/derived_config.py).
+  config.eval_steps = ml_collections.FieldReference(None, field_type=int)
+  config.checkpoint_steps = ml_collections.FieldReference(None, field_type=int)
   config.keep_every = 0
   return config

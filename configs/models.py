@@ -10,9 +10,11 @@ import re
 
 import ml_collections
 
-# name: (hidden size, MLP size, heads, layers) -- ViT paper Table 1, and
-# big_vision's g/G (arXiv 2106.04560).
+# name: (hidden size, MLP size, heads, layers) -- ViT paper Table 1,
+# big_vision's g/G (arXiv 2106.04560), and big_vision's one-layer 'mu' for
+# smoke tests and quick tries on a CPU.
 WIDTHS = {
+    'mu': (32, 128, 2, 1),
     'Ti': (192, 768, 3, 12),
     'S': (384, 1536, 6, 12),
     'B': (768, 3072, 12, 12),
@@ -43,7 +45,7 @@ REMAT = {'L': 'dots_with_no_batch_dims_saveable',
 # Dropout of the released ImageNet-21k configs; every other variant uses 0.
 DROPOUT = {'L/16': 0.1, 'H/14': 0.1, 'R50+B/16': 0.1, 'R50+L/32': 0.1}
 
-_PLAIN_NAME = re.compile(r'^(Ti|S|B|L|H|g|G)/(\d+)$')
+_PLAIN_NAME = re.compile(r'^(mu|Ti|S|B|L|H|g|G)/(\d+)$')
 
 
 def canonical_name(name: str) -> str:

@@ -4,6 +4,13 @@ Defaults follow the ViT paper's pre-training recipe (Adam 0.9/0.999, batch
 4096, warmup 10k steps then linear decay, weight decay 0.1 in the paper's
 lr-coupled convention, clip 1.0, a representation layer of width D). Every
 value is overridable as `--config.key=value`.
+
+`dataset=` takes the names below, any TFDS name, `folder:PATH` or
+`tfds_dir:PATH`. Values left at None are derived when the run starts
+(vit_jax/derived_config.py), from the data where only the data can tell
+(classes, splits, example count) and from the other values otherwise
+(total_steps from epochs, warmup from total_steps, ...), so overriding one
+value moves everything that follows from it.
 """
 
 import ml_collections
@@ -14,6 +21,7 @@ from vit_jax.sharding import DEFAULT_RULES
 # name: (classes, train examples, train split, eval split). The example
 # count sizes schedules given in epochs. ImageNet-21k is not in public TFDS:
 # prepare it yourself (README) and point dataset= at it with --config.dataset.
+# Other datasets get (None, None, 'train', 'auto'): read from the data.
 DATASETS = {
     'imagenet2012': (1000, 1_281_167, 'train', 'validation'),
     'imagenet21k': (21843, 13_151_276, 'train', None),
@@ -42,22 +50,27 @@ def parse_arg(arg: str | None, **defaults: str) -> dict[str, str]:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, model='B/16', dataset='imagenet2012', batch_size='4096')
-  if args['dataset'] not in DATASETS:
-    raise ValueError(f'unknown dataset {args["dataset"]!r}; expected one of '
-                     f'{sorted(DATASETS)}.')
-  num_classes, train_examples, train_split, eval_split = DATASETS[args['dataset']]
+  args = parse_arg(arg, model='B/16', dataset='imagenet2012', batch_size='')
+  num_classes, train_examples, train_split, eval_split = DATASETS.get(
+      args['dataset'], (None, None, 'train', 'auto'))
   config = ml_collections.ConfigDict()
   config.seed = 0
   # A TFDS name, 'digits' (bundled), 'folder:PATH', 'tfds_dir:PATH' or
   # 'synthetic'; see vit_jax/data/sources.py.
   config.dataset = args['dataset']
+  # The dataset the class count and splits below were set for; when
+  # --config.dataset names another, they are read from that data instead.
+  config.defaults_dataset = args['dataset']
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
-  config.num_classes = num_classes
+  config.num_classes = ml_collections.FieldReference(num_classes, field_type=int)
+  config.train_examples = ml_collections.FieldReference(train_examples,
+                                                        field_type=int)
   config.image_size = 224
   config.train_split = ml_collections.FieldReference(train_split, field_type=str)
+  # 'auto': validation, else test, else a held-out slice of train.
   config.eval_split = ml_collections.FieldReference(eval_split, field_type=str)
-  config.real_eval = config.dataset == 'imagenet2012'  # ReaL labels, if prepared
+  # ReaL labels, if prepared; None: for imagenet2012 only.
+  config.real_eval = ml_collections.FieldReference(None, field_type=bool)
   # Op strings (vit_jax/data/ops.py); pixels end in [-1, 1]. {image_size}
   # and {resize_size} (image_size * 8/7) are filled in from the config.
   config.pp_train = 'decode_inception_crop({image_size})|flip_lr'
@@ -66,10 +79,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.cache_raw = False   # keep encoded examples in host memory
   config.cache_eval = False  # keep preprocessed eval batches in host memory
   config.on_corrupt = 'stop'  # or 'skip' (counted as data/skipped_images)
-  config.batch_size = int(args['batch_size'])
-  config.eval_batch_size = min(config.batch_size, 1024)
-  epochs = EPOCHS.get(config.dataset, 100)
-  config.total_steps = epochs * train_examples // config.batch_size
+  # None: 4096 (the paper's), or less for a small dataset.
+  config.batch_size = ml_collections.FieldReference(
+      int(args['batch_size']) if args['batch_size'] else None, field_type=int)
+  config.eval_batch_size = ml_collections.FieldReference(None, field_type=int)
+  config.epochs = EPOCHS.get(config.dataset, 100)
+  config.total_steps = ml_collections.FieldReference(None, field_type=int)
 
   config.model = get_model_config(args['model'])
   config.model.representation_size = config.model.hidden_size
@@ -90,9 +105,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       first_moment_dtype=ml_collections.FieldReference(None, field_type=str)))
   width = config.model.name.split('+')[-1].split('/')[0]
   config.schedule = ml_collections.ConfigDict(dict(
-      base_lr=BASE_LR.get(width, 1e-3), warmup_steps=10_000,
+      base_lr=BASE_LR.get(width, 1e-3),
+      warmup_steps=ml_collections.FieldReference(None, field_type=int),
+      warmup_fraction=0.1, max_warmup_steps=10_000,
       decay_type='linear', end_lr=1e-5))
-  config.schedule.warmup_steps = min(10_000, config.total_steps // 10)
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.sharding_rules = [list(rule) for rule in DEFAULT_RULES]

@@ -7,13 +7,17 @@ import pytest
 
 from configs import pretrain
 from tiny_training import tiny_config
-from vit_jax import optim, trainer
+from vit_jax import derived_config, optim, trainer
 from vit_jax.data.synthetic import BatchIterator, SyntheticSource
 from vit_jax.sharding import resolve_mesh_shape
 
 
 def test_pretrain_config_defaults_follow_the_paper():
   config = pretrain.get_config('model=L/16,dataset=imagenet21k')
+  lines = []
+  derived_config.fill(config, log=lines.append)
+  assert lines == ['derived: batch_size 4096, total_steps 288968 (90 epochs of '
+                   '13151276 examples), warmup_steps 10000']
   assert config.num_classes == 21843
   assert config.batch_size == 4096
   assert config.schedule.base_lr == 8e-4
@@ -29,8 +33,44 @@ def test_pretrain_config_defaults_follow_the_paper():
 def test_bad_config_arguments_are_named():
   with pytest.raises(ValueError, match=r"bad config argument 'modle=B/16'"):
     pretrain.get_config('modle=B/16')
-  with pytest.raises(ValueError, match=r"unknown dataset 'imagenet'"):
-    pretrain.get_config('dataset=imagenet')
+
+
+def test_any_dataset_is_accepted_and_left_to_the_data():
+  config = pretrain.get_config('model=Ti/16,dataset=folder:/photos')
+  assert config.dataset == 'folder:/photos'
+  assert (config.num_classes, config.train_examples, config.batch_size,
+          config.total_steps) == (None, None, None, None)
+  assert (config.train_split, config.eval_split) == ('train', 'auto')
+  config.train_examples = 1000  # what resolve_from_data reads from the data
+  derived_config.fill(config, log=lambda _: None)
+  assert config.batch_size == 64  # a power of two, at most a tenth of the data
+  assert config.total_steps == 100 * 1000 // 64
+  assert config.schedule.warmup_steps == config.total_steps // 10
+  assert config.real_eval is False
+
+
+@pytest.mark.parametrize('examples,batch', [(10, 8), (200, 16), (1437, 128),
+                                            (50_000, 4096), (10**7, 4096)])
+def test_derived_batch_size(examples, batch):
+  assert derived_config.default_batch_size(examples) == batch
+
+
+def test_warmup_and_cadence_follow_an_overridden_step_count():
+  from configs import finetune  # pylint: disable=g-import-not-at-top
+  config = pretrain.get_config('model=Ti/16,dataset=imagenet2012')
+  config.total_steps = 200
+  derived_config.fill(config, log=lambda _: None)
+  assert config.schedule.warmup_steps == 20
+  assert config.real_eval is True
+  recipe = finetune.get_config('model=B/16,dataset=cifar100')
+  derived_config.fill(recipe, log=lambda _: None)
+  assert (recipe.total_steps, recipe.schedule.warmup_steps, recipe.eval_steps,
+          recipe.checkpoint_steps) == (10_000, 500, 1000, 1000)
+  shorter = finetune.get_config('model=B/16,dataset=cifar100')
+  shorter.total_steps = 300
+  derived_config.fill(shorter, log=lambda _: None)
+  assert (shorter.schedule.warmup_steps, shorter.eval_steps,
+          shorter.checkpoint_steps) == (15, 30, 30)
 
 
 def test_mesh_shape_resolution_and_errors():

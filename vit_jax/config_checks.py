@@ -101,13 +101,19 @@ def check_model(model_config, image_size: int) -> None:
         f'Set --config.image_size to a multiple of {max(multiple)}.')
 
 
+# Keys a config may leave at None until vit_jax.derived_config fills them.
+DERIVED_KEYS = ('batch_size', 'eval_batch_size', 'total_steps', 'eval_steps',
+                'checkpoint_steps', 'num_classes', 'train_examples')
+
+
 def check_config(config, num_devices: int) -> None:
   """Every user-typed value of a training config (pre-training or
-  fine-tuning) that can be checked without the data."""
+  fine-tuning) that can be checked without the data. Derived values still
+  at None are skipped; the entry points check again once they are filled."""
   for key in ('batch_size', 'eval_batch_size', 'total_steps', 'log_steps',
               'eval_steps', 'checkpoint_steps', 'accum_steps', 'image_size',
-              'keep_checkpoints'):
-    if key in config:
+              'keep_checkpoints', 'num_classes', 'train_examples', 'epochs'):
+    if key in config and not (key in DERIVED_KEYS and config[key] is None):
       _positive_int(key, config[key])
   for key in ('keep_every', 'skip_nonfinite_updates', 'seed'):
     if key in config:
@@ -117,16 +123,16 @@ def check_config(config, num_devices: int) -> None:
   _one_of('loss', config.loss, LOSSES)
   _number('label_smoothing', config.get('label_smoothing', 0.), low=0., high=1.,
           high_open=True)
-  if config.get('num_classes') is not None:
-    _positive_int('num_classes', config.num_classes)
 
   schedule = config.schedule
   _number('schedule.base_lr', schedule.base_lr, low=0., low_open=True)
   _number('schedule.end_lr', schedule.get('end_lr', 0.), low=0.)
   _one_of('schedule.decay_type', schedule.get('decay_type', 'cosine'),
           optim.SCHEDULES)
-  _non_negative_int('schedule.warmup_steps', schedule.warmup_steps)
-  if schedule.warmup_steps > config.total_steps:
+  if schedule.get('warmup_steps') is not None:
+    _non_negative_int('schedule.warmup_steps', schedule.warmup_steps)
+  if None not in (schedule.get('warmup_steps'), config.total_steps) and (
+      schedule.warmup_steps > config.total_steps):
     raise ConfigError(
         f'config.schedule.warmup_steps={schedule.warmup_steps} exceeds '
         f'config.total_steps={config.total_steps}; set --config.schedule.'
@@ -153,6 +159,8 @@ def check_config(config, num_devices: int) -> None:
     raise ConfigError(f'config.mesh={dict(config.mesh)}: {e}') from None
   data_parallel = sizes['data'] * sizes['fsdp']
   for key in ('batch_size', 'eval_batch_size'):
+    if config[key] is None:
+      continue
     multiple = data_parallel * (config.accum_steps if key == 'batch_size' else 1)
     if config[key] % multiple:
       what = (f'data-parallel size {data_parallel} x accum_steps '

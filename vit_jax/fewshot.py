@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax import checkpoints, metrics, sharding, transfer
+from vit_jax import checkpoints, metrics, platform, sharding, transfer
 from vit_jax.evaluators import fewshot
 from vit_jax.models import build_model
 from vit_jax.sharding import rules_of
@@ -47,6 +47,7 @@ def load_params(config, mesh):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  platform.skip_absent_tpu()
   config = _CONFIG.value
   if not config.init_from:
     raise ConfigError("config.init_from is empty: set --config.init_from to "

@@ -157,5 +157,17 @@ def progress_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
   for key in keys:
     if key in scalars and math.isfinite(scalars[key]):
       value = scalars[key]
-      parts.append(f'{key} {value:.4g}' if key != 'mfu' else f'mfu {100 * value:.1f}%')
+      if key == 'mfu':
+        parts.append(f'mfu {100 * value:.1f}%')
+      elif key == 'eta_hours':
+        parts.append(f'eta {clock(value * 3600)}')
+      else:
+        parts.append(f'{key} {value:.4g}')
   return ' | '.join(parts)
+
+
+def clock(seconds: float) -> str:
+  """Seconds as h:mm:ss."""
+  minutes, secs = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}:{minutes:02d}:{secs:02d}'

@@ -25,10 +25,28 @@ DEFAULT_NO_DECAY = (r'.*/bias$', r'.*/scale$', r'.*pos_embedding$', r'^cls$',
                     r'.*/probe$')
 
 
-def make_schedule(*, base_lr: float, total_steps: int, warmup_steps: int,
+def warmup_steps_of(schedule_config: Mapping[str, Any], total_steps: int) -> int:
+  """`warmup_steps`, or when it is None `warmup_fraction` of the total
+  steps, at most `max_warmup_steps`: so the warmup follows an overridden
+  step count."""
+  if schedule_config.get('warmup_steps') is not None:
+    return schedule_config['warmup_steps']
+  steps = int(total_steps * schedule_config.get('warmup_fraction', 0.0))
+  cap = schedule_config.get('max_warmup_steps')
+  return steps if cap is None else min(cap, steps)
+
+
+def make_schedule(*, base_lr: float, total_steps: int,
+                  warmup_steps: int | None = None,
                   decay_type: str = 'cosine', end_lr: float = 0.0,
+                  warmup_fraction: float = 0.0,
+                  max_warmup_steps: int | None = None,
                   ) -> Callable[[jax.Array], jax.Array]:
-  """Linear warmup from 0 to `base_lr`, then `decay_type` down to `end_lr`."""
+  """Linear warmup from 0 to `base_lr`, then `decay_type` down to `end_lr`.
+  The warmup length is `warmup_steps_of` these arguments."""
+  warmup_steps = warmup_steps_of(
+      dict(warmup_steps=warmup_steps, warmup_fraction=warmup_fraction,
+           max_warmup_steps=max_warmup_steps), total_steps)
   if decay_type not in SCHEDULES:
     raise ValueError(f'unknown schedule decay_type {decay_type!r}; expected '
                      f'one of {SCHEDULES}.')

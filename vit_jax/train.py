@@ -16,9 +16,9 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from vit_jax import config_checks, sharding, trainer
+from vit_jax import config_checks, derived_config, platform, sharding, trainer
 from vit_jax.preemption import EXIT_PREEMPTED, Preempted
-from vit_jax.data.inputs import make_inputs
+from vit_jax.data import inputs
 from vit_jax.user_errors import reported
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -67,20 +67,39 @@ def run(pretrained=None):
   """Trains `--config` in `--workdir`; shared with the fine-tune entry point."""
   # Orbax logs every save step at INFO; progress lines are printed instead.
   logging.set_verbosity(logging.WARNING)
+  platform.skip_absent_tpu()
   initialize_distributed()
   config = _CONFIG.value
-  # Everything the user typed is checked before the data is opened or the
-  # workdir is touched.
-  config_checks.check_config(config, jax.device_count())
-  if jax.process_index() == 0:
-    print(f'{jax.process_count()} processes, {jax.device_count()} devices '
-          f'({jax.devices()[0].device_kind}); model {config.model.name}, '
-          f'dataset {config.dataset}, batch {config.batch_size}')
-  train_data, eval_data = make_inputs(config)
   log = print if jax.process_index() == 0 else (lambda _: None)
+  # Everything the user typed is checked before the data is opened, then
+  # again with the derived values filled in, before the workdir is touched.
+  config_checks.check_config(config, jax.device_count())
+  source = inputs.open_source(config)
+  inputs.resolve_from_data(config, source, log)
+  derived_config.fill(config, log)
+  drop_inapplicable_probes(config, log)
+  config_checks.check_config(config, jax.device_count())
+  log(f'{jax.process_count()} processes, {jax.device_count()} devices '
+      f'({jax.devices()[0].device_kind}); model {config.model.name}, '
+      f'dataset {config.dataset}, batch {config.batch_size}, '
+      f'{config.total_steps} steps')
+  train_data, eval_data = inputs.make_inputs(config, source)
   return trainer.train(config, _WORKDIR.value, train_data=train_data,
                        eval_data=eval_data, pretrained=pretrained,
                        evaluators=fewshot_evaluators(config, log), log=log)
+
+
+def drop_inapplicable_probes(config, log) -> None:
+  """Probes on the bundled 8x8 digits measure only models trained on the
+  digits (the demo); pointed at other data, such a config skips them."""
+  if not config.get('fewshot') or config.dataset == 'digits':
+    return
+  datasets = dict(config.fewshot.datasets)
+  digits = [name for name, (dataset, *_) in datasets.items() if dataset == 'digits']
+  if digits:
+    log(f'few-shot: skipping {", ".join(digits)} (the digits probes apply to '
+        f'models trained on the digits)')
+    config.fewshot.datasets = {k: v for k, v in datasets.items() if k not in digits}
 
 
 def fewshot_evaluators(config, log):

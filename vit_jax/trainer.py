@@ -10,6 +10,7 @@ and JAX's partitionable threefry makes them independent of the mesh.
 """
 
 import dataclasses
+import time
 from typing import Any, Callable, Iterator
 
 import flax.linen as nn
@@ -20,7 +21,7 @@ import numpy as np
 import optax
 
 from vit_jax import metrics as metrics_lib
-from vit_jax import optim, sharding
+from vit_jax import derived_config, optim, sharding
 from vit_jax.evaluation import evaluate, make_eval_step
 from vit_jax.user_errors import ConfigError
 from vit_jax.sharding import rules_of
@@ -85,6 +86,9 @@ class TrainSetup:
 
 def make_setup(config: ml_collections.ConfigDict,
                mesh: jax.sharding.Mesh | None = None) -> TrainSetup:
+  # Entry points fill (and log) the derived values earlier; this covers
+  # direct callers (benchmark, AOT) of configs that leave them at None.
+  derived_config.fill(config, log=lambda _: None)
   mesh = mesh or sharding.make_mesh(config.mesh)
   dp = sharding.data_parallel_size(mesh)
   if config.batch_size % (dp * config.accum_steps):
@@ -334,12 +338,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
     history.append({'step': logged_step, **scalars})
     log(metrics_lib.progress_line(logged_step, config.total_steps, scalars))
 
+  compiled = False
   try:
     while step < config.total_steps:
       host_batch = next(train_data)
       _check_images(host_batch, config)
       batch = sharding.global_batch(host_batch, setup.mesh)
+      if not compiled:
+        log('compiling the train step ...')
+        started = time.perf_counter()
       state, step_metrics = train_step(state, batch)
+      if not compiled:
+        # The first call returns once the step is compiled and dispatched.
+        log(f'compiled the train step in {time.perf_counter() - started:.1f} s')
+        compiled = True
+        throughput.restart(step)
       step += 1
       if pending is not None:
         write(pending[0], read_metrics(*pending))

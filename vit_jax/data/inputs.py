@@ -52,19 +52,85 @@ def _op_string(config, key: str, sizes: dict) -> str:
   return pp
 
 
-def make_inputs(config) -> tuple[object, EvalData]:
-  """(train iterator, {metric name: eval pass factory}) for config.dataset."""
+# A split to hold out of train when the data has no validation or test split.
+HELD_OUT_FRACTION = 0.1
+MAX_HELD_OUT = 10_000
+
+
+def open_source(config):
+  """The data source of config.dataset (None for 'synthetic')."""
   if config.dataset == 'synthetic':
-    return _synthetic(config)
+    return None
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
-  from vit_jax.data import pipeline, sources
+  from vit_jax.data import sources
   # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses
   # (it would otherwise reserve GPU memory).
   tf.config.set_visible_devices([], 'GPU')
+  return sources.make_source(config.dataset, config.data_dir)
+
+
+def split_size(source, split: str) -> int:
+  return sum(source.process_counts(split, 1))
+
+
+def pick_eval_split(source, train_split: str,
+                    log: Callable[[str], None] = print) -> tuple[str, str]:
+  """(train split, eval split): the data's validation split, else its test
+  split, else the last tenth (at most MAX_HELD_OUT) of `train_split`."""
+  names = getattr(source, 'split_names', [])
+  for name in ('validation', 'test'):
+    if name in names:
+      log(f'from the data: eval split {name!r}')
+      return train_split, name
+  total = split_size(source, train_split)
+  held = max(1, min(int(total * HELD_OUT_FRACTION), MAX_HELD_OUT))
+  log(f'from the data: no validation or test split; holding out the last '
+      f'{held} of {total} examples of {train_split!r} for evaluation')
+  return f'{train_split}[:-{held}]', f'{train_split}[-{held}:]'
+
+
+def resolve_from_data(config, source, log: Callable[[str], None] = print) -> None:
+  """Fills what only the data can tell and the config leaves at None or
+  'auto': the class count, the eval split (validation, else test, else a
+  held-out slice of train) and the number of training examples. Split
+  names are checked here, before anything is written."""
+  if source is None:  # synthetic: every value is in the config
+    return
+  from vit_jax.data import sources  # pylint: disable=g-import-not-at-top
+  # Values a config set for another dataset than the one it now names.
+  stale = config.get('defaults_dataset') not in (None, config.dataset)
+  names = getattr(source, 'split_names', [])
+  if config.num_classes is None or stale:
+    config.num_classes = source.num_classes
+    log(f'from the data: {source.num_classes} classes')
+  if stale and eval_split(config) and eval_split(config).split('[')[0] not in names:
+    config.eval_split = 'auto'
+  if config.get('eval_split') == 'auto':
+    config.train_split, config.eval_split = pick_eval_split(
+        source, config.train_split, log)
+  for key in ('train_split', 'eval_split'):
+    split = config.train_split if key == 'train_split' else eval_split(config)
+    if split is not None:
+      try:
+        count = split_size(source, split)
+      except sources.DatasetNotFoundError as e:
+        raise sources.DatasetNotFoundError(f'config.{key}={split!r}: {e}') from None
+      if key == 'train_split' and config.get('train_examples') != count:
+        config.train_examples = count
+        log(f'from the data: {count} training examples')
+
+
+def make_inputs(config, source=None) -> tuple[object, EvalData]:
+  """(train iterator, {metric name: eval pass factory}) for config.dataset,
+  whose derived values are already filled in (`resolve_from_data`,
+  `vit_jax.derived_config.fill`). `source` is `open_source(config)`."""
+  if config.dataset == 'synthetic':
+    return _synthetic(config)
+  from vit_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   process = dict(process_index=jax.process_index(),
                  process_count=jax.process_count())
-  source = sources.make_source(config.dataset, config.data_dir)
+  source = source or open_source(config)
   # Op strings may say {image_size} and {resize_size} (the eval resize
   # before a central crop: 256 for 224, as in the ImageNet convention).
   sizes = dict(image_size=config.image_size,
@@ -76,13 +142,6 @@ def make_inputs(config) -> tuple[object, EvalData]:
         f'dataset {config.dataset!r} has {source.num_classes} classes but '
         f'config.num_classes={config.num_classes}; set --config.num_classes='
         f'{source.num_classes}.')
-  for key in ('train_split', 'eval_split'):
-    split = config.train_split if key == 'train_split' else eval_split(config)
-    if split is not None:
-      try:
-        source.process_counts(split, jax.process_count())
-      except sources.DatasetNotFoundError as e:
-        raise sources.DatasetNotFoundError(f'config.{key}={split!r}: {e}') from None
   train = pipeline.TrainIterator(
       source, config.train_split, pp=pp_train,
       batch_size=config.batch_size, seed=config.seed,

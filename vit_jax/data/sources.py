@@ -82,6 +82,8 @@ class ArraySource:
                splits: dict[str, np.ndarray], num_classes: int, name: str):
     self.images, self.labels = images, labels
     self.splits, self.num_classes, self.name = splits, num_classes, name
+    self.split_names = sorted(splits)
+    self.class_names = [str(i) for i in range(num_classes)]
 
   def _indices(self, split: str) -> np.ndarray:
     name, start, end = slice_split(split, self.splits,
@@ -146,6 +148,7 @@ class FolderSource:
           f'image folder {os.path.join(root, class_root)!r} has no class '
           f'folders ({found}); {layout}: one folder per class.')
     self.num_classes = len(self.classes)
+    self.class_names = list(self.classes)
     self._files: dict[str, tuple[list[str], list[int]]] = {}
 
   @staticmethod
@@ -213,7 +216,10 @@ class TfdsSource:
     self.image_key, self.label_key = image_key, label_key
     label = self.builder.info.features[label_key]
     self.multi_label = isinstance(label, tfds.features.Sequence)
-    self.num_classes = (label.feature if self.multi_label else label).num_classes
+    label_feature = label.feature if self.multi_label else label
+    self.num_classes = label_feature.num_classes
+    self.class_names = list(label_feature.names)
+    self.split_names = sorted(self.builder.info.splits.keys())
 
   def _not_found(self, error) -> DatasetNotFoundError:
     base = self.name.split(':')[0]

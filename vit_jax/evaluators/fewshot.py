@@ -117,7 +117,7 @@ class FewshotEvaluator:
 
   def __init__(self, fewshot_config, *, model_config, image_size: int, mesh,
                rules=(), log: Callable[[str], None] = logging.warning):
-    from vit_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+    from vit_jax.data import inputs, pipeline, sources  # pylint: disable=g-import-not-at-top
     self.config, self.mesh = fewshot_config, mesh
     self.feature_fn = make_feature_fn(model_config, mesh, rules)
     pp = fewshot_config.pp.format(image_size=image_size)
@@ -127,6 +127,9 @@ class FewshotEvaluator:
     for name, (dataset, train_split, test_split) in fewshot_config.datasets.items():
       try:
         source = sources.make_source(dataset, fewshot_config.get('data_dir'))
+        if test_split == 'auto':
+          train_split, test_split = inputs.pick_eval_split(
+              source, train_split, lambda line: log(f'few-shot {name}: {line}'))
         passes = [pipeline.eval_batches(
             source, split, pp=pp, batch_size=fewshot_config.batch_size,
             cache=True, **process) for split in (train_split, test_split)]

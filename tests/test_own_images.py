@@ -1,0 +1,93 @@
+"""A folder of real photos, trained on with one command: what the data can
+tell is read from it, the rest follows from the config."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_photo_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+  return make_photo_folder(tmp_path_factory.mktemp('photos'))
+
+
+def run(module, *args, env=None):
+  out = subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
+                       env=env or {**os.environ, 'JAX_PLATFORMS': 'cpu'},
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def last_record(workdir):
+  return json.loads((workdir / 'metrics.jsonl').read_text().splitlines()[-1])
+
+
+def test_pretrain_config_on_a_photo_folder(photos, tmp_path):
+  # Without JAX_PLATFORMS: a CPU host with libtpu installed starts quietly.
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  out = run('vit_jax.train', '--config',
+            f'configs/pretrain.py:model=mu/16,dataset=folder:{photos}',
+            '--workdir', str(tmp_path), '--config.total_steps=400', env=env)
+  lines = out.stdout.splitlines()
+  assert lines[:4] == ['from the data: 4 classes',
+                       "from the data: eval split 'test'",
+                       'from the data: 120 training examples',
+                       'derived: batch_size 8, warmup_steps 40']
+  assert 'compiling the train step ...' in lines
+  assert any(l.startswith('compiled the train step in ') for l in lines)
+  assert 'eta 0:00:00' in lines[-1]
+  assert 'TPU' not in out.stderr and 'ReaL' not in out.stderr + out.stdout
+  record = last_record(tmp_path)
+  assert record['step'] == 400 and record['eval/accuracy_examples'] == 40
+  assert record['eval/accuracy'] >= 0.55  # measured 0.725; chance is 0.25
+
+
+def test_custom_config_on_a_photo_folder(photos, tmp_path):
+  run('vit_jax.train', '--config', f'configs/custom.py:data={photos},model=mu/16',
+      '--workdir', str(tmp_path), '--config.total_steps=400')
+  records = [json.loads(l) for l in
+             (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  evals = [r['step'] for r in records if 'eval/accuracy' in r]
+  assert evals == list(range(40, 401, 40))  # a tenth of total_steps
+  assert records[-1]['eval/accuracy'] >= 0.55  # measured 0.725
+
+
+def test_imagenet21k_recipe_on_a_folder_without_eval_split(photos, tmp_path):
+  """README's ImageNet-21k command with the photos in place of 21k."""
+  out = run('vit_jax.train', '--config',
+            'configs/pretrain.py:model=mu/16,dataset=imagenet21k',
+            f'--config.dataset=folder:{photos}', '--config.eval_split=None',
+            '--workdir', str(tmp_path), '--config.total_steps=20')
+  assert 'from the data: 4 classes' in out.stdout
+  record = last_record(tmp_path)
+  assert record['step'] == 20 and not any(k.startswith('eval/') for k in record)
+
+
+def test_held_out_slice_when_the_folder_has_only_train(photos, tmp_path):
+  only_train = tmp_path / 'only_train'
+  (only_train).mkdir()
+  os.symlink(photos / 'train', only_train / 'train')
+  out = run('vit_jax.train', '--config',
+            f'configs/pretrain.py:model=mu/16,dataset=folder:{only_train}',
+            '--workdir', str(tmp_path / 'run'), '--config.total_steps=2')
+  assert ("from the data: no validation or test split; holding out the last 12 "
+          "of 120 examples of 'train' for evaluation") in out.stdout
+  assert 'from the data: 108 training examples' in out.stdout
+  assert last_record(tmp_path / 'run')['eval/accuracy_examples'] == 12
+
+
+def test_fewshot_on_a_photo_folder(photos):
+  out = run('vit_jax.fewshot', '--config',
+            f'configs/fewshot.py:model=mu/16,dataset=folder:{photos}',
+            '--config.init_from=random', '--config.fewshot.shots=(1, 5)')
+  name = photos.name  # the table's row is the folder's name
+  assert f"few-shot {name}: from the data: eval split 'test'" in out.stdout
+  assert out.stdout.splitlines()[-1].startswith(f'{name} ')
