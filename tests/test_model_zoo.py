@@ -53,7 +53,8 @@ def test_published_parameter_count(name):
 
 
 @pytest.mark.parametrize('name,hidden,mlp,layers', [
-    ('g/14', 1408, 6144, 40), ('G/14', 1664, 8192, 48), ('B/14', 768, 3072, 12)])
+    ('g/14', 1408, 6144, 40), ('G/14', 1664, 8192, 48), ('B/14', 768, 3072, 12),
+    ('mu/16', 32, 128, 1)])
 def test_large_and_unlisted_variants_match_analytic_count(name, hidden, mlp,
                                                           layers):
   patch = int(name.split('/')[1])

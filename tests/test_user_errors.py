@@ -142,7 +142,7 @@ def test_bad_image_folder_says_the_layout(tmp_path, layout):
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize('content', [b'', b'\x00' * 100], ids=['empty', 'random'])
+@pytest.mark.parametrize('content', [b'', b'\x00' * 100], ids=['truncated', 'zeros'])
 def test_unreadable_init_from_names_the_path(tmp_path, content):
   model = build(tiny_model_config(), 10)
   good = tmp_path / 'good.npz'
