@@ -230,13 +230,18 @@ def test_log_step_metrics_are_read_after_the_next_step_is_dispatched():
   config = tiny_config({'steps': 4})  # logs every step
   events = []
   source = SyntheticSource(num_classes=10, image_size=16, batch_size=16)
+  def log(line):
+    if line.startswith('step '):
+      events.append(f'log {line.split()[1].split("/")[0]}')
+    else:
+      events.append(line.split(' in ')[0])
   _, history = trainer.train(
-      config, None, train_data=_RecordingBatches(source, events),
-      log=lambda line: events.append(f'log {line.split()[1].split("/")[0]}'))
-  # Step k's metrics are fetched once step k+1 is queued; the last step's
-  # at once.
-  assert events == ['batch 1', 'batch 2', 'log 1', 'batch 3', 'log 2',
-                    'batch 4', 'log 3', 'log 4']
+      config, None, train_data=_RecordingBatches(source, events), log=log)
+  # The first step is compiled when batch 1 is there; step k's metrics are
+  # fetched once step k+1 is queued; the last step's at once.
+  assert events == ['batch 1', 'compiling the train step ...',
+                    'compiled the train step', 'batch 2', 'log 1', 'batch 3',
+                    'log 2', 'batch 4', 'log 3', 'log 4']
   assert [entry['step'] for entry in history] == [1, 2, 3, 4]
   assert all('nonfinite_step' not in entry and np.isfinite(entry['loss'])
              for entry in history)
