@@ -254,10 +254,10 @@ def test_hybrid_checkpoint_fits_a_larger_resolution_and_new_head():
   """A tiny R+ViT (one ResNet stage, 1x1 patches) pre-trained at 16 px loads
   into the same model at 32 px with 7 classes: stem and encoder as they
   are, the grid resized, the head fresh."""
-  from conftest import abstract_params, build, init_params, tiny_model_config  # pylint: disable=g-import-not-at-top
+  from conftest import abstract_params, build, randomize, tiny_model_config  # pylint: disable=g-import-not-at-top
   config = tiny_model_config(resnet_layers=(1,), patch_size=(1, 1))
-  source = checkpoints.flatten_params(
-      init_params(build(config, 1000), image_shape=(1, 16, 16, 3)))
+  source = checkpoints.flatten_params(randomize(
+      abstract_params(build(config, 1000), image_shape=(1, 16, 16, 3))))
   target = abstract_params(build(config, 7), image_shape=(1, 32, 32, 3))
   loaded = transfer.fit_pretrained(dict(source), target, source='hybrid.npz',
                                    stacked=False, num_prefix_tokens=1,
