@@ -66,6 +66,9 @@ def test_imagenet21k_recipe_on_a_folder_without_eval_split(photos, tmp_path):
             'configs/pretrain.py:model=mu/16,dataset=imagenet21k',
             f'--config.dataset=folder:{photos}', '--config.eval_split=None',
             '--workdir', str(tmp_path), '--config.total_steps=20')
+  assert ("config.dataset 'folder:" in out.stdout and "replaces the config's "
+          "'imagenet21k': classes, examples and missing splits are read from "
+          "the data; image_size 224, pp_train" in out.stdout)
   assert 'from the data: 4 classes' in out.stdout
   record = last_record(tmp_path)
   assert record['step'] == 20 and not any(k.startswith('eval/') for k in record)

@@ -100,6 +100,11 @@ def resolve_from_data(config, source, log: Callable[[str], None] = print) -> Non
   from vit_jax.data import sources  # pylint: disable=g-import-not-at-top
   # Values a config set for another dataset than the one it now names.
   stale = config.get('defaults_dataset') not in (None, config.dataset)
+  if stale:
+    log(f'config.dataset {config.dataset!r} replaces the config\'s '
+        f'{config.defaults_dataset!r}: classes, examples and missing splits '
+        f'are read from the data; image_size {config.image_size}, pp_train '
+        f'{config.pp_train!r} and pp_eval {config.pp_eval!r} stay as set.')
   names = getattr(source, 'split_names', [])
   if config.num_classes is None or stale:
     config.num_classes = source.num_classes
