@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from vit_jax import optim
-from vit_jax.models import vit
+from vit_jax.models import resnet, vit
 from vit_jax.sharding import resolve_mesh_shape
 from vit_jax.user_errors import ConfigError
 
@@ -54,16 +54,6 @@ def _one_of(key: str, value: Any, allowed) -> None:
                       f'{list(allowed)}; set --config.{key} to one of them.')
 
 
-def stem_stride(model_config) -> int:
-  """Pixels per stem-output pixel: 1 for a plain ViT; 4 for the hybrid
-  root (conv stride 2 + pool stride 2), doubled by every stage after the
-  first."""
-  stages = model_config.get('resnet_layers')
-  if stages is None:
-    return 1
-  return 4 * 2 ** max(len(stages) - 1, 0)
-
-
 def check_model(model_config, image_size: int) -> None:
   from configs.models import get_model_config  # pylint: disable=g-import-not-at-top
   name = model_config.get('name')
@@ -92,7 +82,8 @@ def check_model(model_config, image_size: int) -> None:
           model_config.get('attention_implementation'), ATTENTION_IMPLEMENTATIONS)
   for key in ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth'):
     _number(f'model.{key}', model_config[key], low=0., high=1., high_open=True)
-  stride = stem_stride(model_config)
+  stages = model_config.get('resnet_layers')
+  stride = 1 if stages is None else resnet.stem_stride(stages)
   multiple = (patch[0] * stride, patch[1] * stride)
   if image_size % multiple[0] or image_size % multiple[1]:
     raise ConfigError(

@@ -128,9 +128,10 @@ def resolve_from_data(config, source, log: Callable[[str], None] = print) -> Non
 
 def make_inputs(config, source=None) -> tuple[object, EvalData]:
   """(train iterator, {metric name: eval pass factory}) for config.dataset.
-  `source` is `open_source(config)`. Derived values still at None are
-  filled in quietly; entry points fill and log them earlier
-  (`resolve_from_data`, `vit_jax.derived_config.fill`)."""
+  `source` is `open_source(config)`, given by callers that have already
+  filled the derived values (`resolve_from_data`,
+  `vit_jax.derived_config.fill`, as the entry points do, with logging);
+  without it they are filled here quietly."""
   from vit_jax import derived_config  # pylint: disable=g-import-not-at-top
   quiet = lambda _: None  # pylint: disable=unnecessary-lambda-assignment
   if config.dataset == 'synthetic':
@@ -139,9 +140,10 @@ def make_inputs(config, source=None) -> tuple[object, EvalData]:
   from vit_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   process = dict(process_index=jax.process_index(),
                  process_count=jax.process_count())
-  source = source or open_source(config)
-  resolve_from_data(config, source, quiet)
-  derived_config.fill(config, quiet)
+  if source is None:
+    source = open_source(config)
+    resolve_from_data(config, source, quiet)
+    derived_config.fill(config, quiet)
   # Op strings may say {image_size} and {resize_size} (the eval resize
   # before a central crop: 256 for 224, as in the ImageNet convention).
   sizes = dict(image_size=config.image_size,

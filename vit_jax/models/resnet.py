@@ -110,6 +110,12 @@ class ResNetStage(nn.Module):
     return x
 
 
+def stem_stride(num_layers: Sequence[int]) -> int:
+  """Input pixels per stem-output pixel: 4 for the root (conv stride 2,
+  pool stride 2), doubled by each stage after the first (as built below)."""
+  return 4 * 2 ** max(len(num_layers) - 1, 0)
+
+
 def apply_resnet_stem(x: jax.Array, *, num_layers: Sequence[int],
                       width_factor: float = 1.0,
                       dtype: Dtype = jnp.float32) -> jax.Array:
