@@ -245,3 +245,23 @@ def test_log_step_metrics_are_read_after_the_next_step_is_dispatched():
   assert [entry['step'] for entry in history] == [1, 2, 3, 4]
   assert all('nonfinite_step' not in entry and np.isfinite(entry['loss'])
              for entry in history)
+
+
+def test_evaluation_and_evaluators_run_on_their_own_steps_not_log_steps():
+  config = tiny_config({'steps': 10})
+  config.log_steps = 4
+  config.eval_steps = 3
+  source = SyntheticSource(num_classes=10, image_size=16, batch_size=16)
+  def eval_batches():
+    return iter([next(BatchIterator(source))])
+  probed = []
+  def evaluators(setup):
+    del setup
+    return [(5, lambda params: probed.append(1) or {'probe': 1.0})]
+  _, history = trainer.train(
+      config, None, train_data=BatchIterator(source),
+      eval_data={'held_out': eval_batches}, evaluators=evaluators,
+      log=lambda _: None)
+  assert [e['step'] for e in history] == [3, 4, 5, 6, 8, 9, 10]
+  assert [e['step'] for e in history if 'eval/held_out' in e] == [3, 6, 9, 10]
+  assert [e['step'] for e in history if 'probe' in e] == [5, 10]

@@ -361,11 +361,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
       stop = watcher.should_stop(step) and not final
       saving = checkpointer is not None and (
           checkpointer.should_save(step, final) or stop)
-      if step % config.log_steps == 0 or final:
-        evaluating = eval_step is not None and (
-            step % config.eval_steps == 0 or final)
-        due = [evaluator for every, evaluator in extra_evaluators
-               if step % every == 0 or final]
+      # Each cadence is its own: an eval step that is not a log step still
+      # evaluates (and logs the train metrics beside the eval results).
+      evaluating = eval_step is not None and (
+          step % config.eval_steps == 0 or final)
+      due = [evaluator for every, evaluator in extra_evaluators
+             if step % every == 0 or final]
+      if step % config.log_steps == 0 or final or evaluating or due:
         if not (final or stop or saving or evaluating or due):
           for value in jax.tree.leaves(step_metrics):
             value.copy_to_host_async()
