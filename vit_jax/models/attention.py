@@ -78,7 +78,8 @@ def resolve_implementation(implementation: Optional[str], dtype: Dtype,
 
 
 def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
-           dropout: Optional[Callable[[jax.Array], jax.Array]] = None
+           dropout: Optional[Callable[[jax.Array], jax.Array]] = None,
+           record: Optional[Callable[[jax.Array], None]] = None
            ) -> jax.Array:
   """softmax(q k^T / sqrt(d)) v on (batch, length, heads, head_dim) inputs.
 
@@ -87,14 +88,18 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   jax.nn.dot_product_attention's XLA path, whose grouped-query reshapes put
   transposes around every product (docs/benchmarks.md). Logits and softmax
   are float32; probabilities go back to the input dtype for the second
-  product. `dropout` is applied to the probabilities.
+  product. `dropout` is applied to the probabilities; `record` receives
+  them (float32, (batch, heads, query, key)) before dropout.
   """
   head_dim = query.shape[-1]
   query = query / jnp.asarray(np.sqrt(head_dim), query.dtype)
   query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
   logits = jnp.einsum('bhqd,bhkd->bhqk', query, key,
                       preferred_element_type=jnp.float32)
-  probs = jax.nn.softmax(logits).astype(value.dtype)
+  probs = jax.nn.softmax(logits)
+  if record is not None:
+    record(probs)
+  probs = probs.astype(value.dtype)
   if dropout is not None:
     probs = dropout(probs)
   return jnp.swapaxes(jnp.einsum('bhqk,bhkd->bhqd', probs, value), 1, 2)
@@ -110,6 +115,12 @@ class MultiHeadDotProductAttention(nn.Module):
   where it applies, else XLA). Attention-probability dropout needs the
   probabilities, which the fused kernel never materializes, so it always
   takes the XLA path.
+
+  Applied with the 'intermediates' collection mutable, the module records
+  its attention probabilities there as `attention_probs` (float32, (batch,
+  heads, query, key)); that call takes the XLA path, because the fused
+  kernel never forms them. Otherwise nothing is recorded and the path is
+  the one above.
   """
 
   num_heads: int
@@ -137,14 +148,17 @@ class MultiHeadDotProductAttention(nn.Module):
     key = projection(name='key')(inputs_kv)
     value = projection(name='value')(inputs_kv)
 
+    record = None
+    if self.is_mutable_collection('intermediates'):
+      record = lambda probs: self.sow('intermediates', 'attention_probs', probs)
     if self.attention_dropout_rate > 0. and not deterministic:
       dropout = nn.Dropout(self.attention_dropout_rate)
-      out = attend(query, key, value,
+      out = attend(query, key, value, record=record,
                    dropout=lambda p: dropout(p, deterministic=False))
-    elif implementation == 'cudnn':
+    elif implementation == 'cudnn' and record is None:
       out = jax.nn.dot_product_attention(query, key, value,
                                          implementation='cudnn')
     else:
-      out = attend(query, key, value)
+      out = attend(query, key, value, record=record)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
     return MergeHeads(features=width, dtype=self.dtype, name='out')(out)

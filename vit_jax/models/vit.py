@@ -173,7 +173,9 @@ class Encoder(nn.Module):
     if self.scan:
       scanned = nn.scan(
           block_class,
-          variable_axes={'params': 0},
+          # Recorded attention probabilities (vit_jax.attention_maps)
+          # stack along the layer axis like the parameters.
+          variable_axes={'params': 0, 'intermediates': 0},
           split_rngs={'params': True, 'dropout': True},
           in_axes=(0 if rates is not None else nn.broadcast, nn.broadcast),
           length=self.num_layers,
