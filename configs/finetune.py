@@ -38,7 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.init_from = ''
   config.dont_load = ()   # regexes (full match) of parameters kept fresh
   config.posemb_order = 1  # spline order of the position-embedding resize
-  config.export = 'vit_jax'  # write workdir/finetuned.npz in this layout; '' skips
+  # At the end: 'vit_jax'/'big_vision' write workdir/finetuned.npz in that
+  # layout, 'hf' writes workdir/hf/ for transformers; 'vit_jax,hf' both;
+  # '' nothing.
+  config.export = 'vit_jax'
   config.image_size = 384
   config.pp_train = 'decode_inception_crop({image_size})|flip_lr'
   config.pp_eval = 'decode|resize({image_size})'

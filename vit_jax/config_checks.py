@@ -9,7 +9,7 @@ still before the workdir is touched.
 import math
 from typing import Any
 
-from vit_jax import optim
+from vit_jax import checkpoints, optim
 from vit_jax.models import resnet, vit
 from vit_jax.sharding import resolve_mesh_shape
 from vit_jax.user_errors import ConfigError
@@ -161,3 +161,24 @@ def check_config(config, num_devices: int) -> None:
           f'config.{key}={config[key]} is not divisible by the {what}; set '
           f'--config.{key} to a multiple of {multiple}.')
   check_model(config.model, config.image_size)
+  if config.get('export'):
+    check_export(config.export, config.model)
+
+
+EXPORT_FORMATS = (*checkpoints.LAYOUTS, 'hf')
+
+
+def export_formats(export: str) -> list[str]:
+  """'vit_jax,hf' -> ['vit_jax', 'hf']."""
+  return [name.strip() for name in export.split(',') if name.strip()]
+
+
+def check_export(export: str, model_config) -> None:
+  for name in export_formats(export):
+    _one_of('export', name, EXPORT_FORMATS)
+  if 'hf' in export_formats(export):
+    refusal = checkpoints.hf_refusal(model_config)
+    if refusal:
+      raise ConfigError(
+          f'config.export={export!r}: the model cannot be exported for '
+          f'transformers: {refusal}. Drop "hf" from --config.export.')

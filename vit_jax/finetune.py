@@ -18,7 +18,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from vit_jax import checkpoints, transfer
+from vit_jax import checkpoints, config_checks, run_record, transfer
 from vit_jax import train as train_lib
 from vit_jax.preemption import EXIT_PREEMPTED, Preempted
 from vit_jax.user_errors import ConfigError, reported
@@ -44,14 +44,29 @@ def pretrained_params(config, workdir=None, log=print):
   return load
 
 
-def export(params, path: str, layout: str) -> None:
-  """Gathers the (possibly sharded) params and writes them on process 0."""
+def export(params, config, workdir: str) -> None:
+  """Gathers the (possibly sharded) params and writes them on process 0 in
+  each of `config.export`'s formats: `finetuned.npz` (with
+  `finetuned.labels.txt` beside it) for a released layout, `hf/` for
+  transformers. The class names come from the run's labels.txt."""
   host = jax.tree.map(
       lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
       params)
-  if jax.process_index() == 0:
-    checkpoints.save_npz_params(host, path, layout=layout)
-    print(f'exported {path} ({layout} layout)')
+  if jax.process_index() != 0:
+    return
+  labels = run_record.read_labels(f'{workdir}/{run_record.LABELS_FILE}')
+  for name in config_checks.export_formats(config.export):
+    if name == 'hf':
+      path = f'{workdir}/hf'
+      checkpoints.save_hf(host, config.model, path, labels=labels,
+                          image_size=config.image_size)
+      print(f'exported {path} (Hugging Face transformers ViT)')
+    else:
+      path = f'{workdir}/finetuned.npz'
+      checkpoints.save_npz_params(host, path, layout=name)
+      if labels:
+        run_record.write_labels(run_record.labels_beside(path), labels)
+      print(f'exported {path} ({name} layout)')
 
 
 @reported
@@ -67,7 +82,7 @@ def main(argv):
     print(e)
     sys.exit(EXIT_PREEMPTED)
   if config.export:
-    export(state['params'], f'{workdir}/finetuned.npz', config.export)
+    export(state['params'], config, workdir)
 
 
 if __name__ == '__main__':

@@ -16,7 +16,8 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from vit_jax import config_checks, derived_config, platform, sharding, trainer
+from vit_jax import (config_checks, derived_config, platform, run_record,
+                     sharding, trainer)
 from vit_jax.preemption import EXIT_PREEMPTED, Preempted
 from vit_jax.data import inputs
 from vit_jax.user_errors import reported
@@ -84,6 +85,10 @@ def run(pretrained=None):
       f'dataset {config.dataset}, batch {config.batch_size}, '
       f'{config.total_steps} steps')
   train_data, eval_data = inputs.make_inputs(config, source)
+  if jax.process_index() == 0:
+    trainer.check_writable(_WORKDIR.value)
+    run_record.write(_WORKDIR.value, config, run_record.class_names(
+        source, config.num_classes))
   return trainer.train(config, _WORKDIR.value, train_data=train_data,
                        eval_data=eval_data, pretrained=pretrained,
                        evaluators=fewshot_evaluators(config, log), log=log)

@@ -250,7 +250,7 @@ def _check_finite(state: State) -> None:
         f'allow a few skipped updates with --config.skip_nonfinite_updates=N.')
 
 
-def _check_writable(workdir: str) -> None:
+def check_writable(workdir: str) -> None:
   from etils import epath  # pylint: disable=g-import-not-at-top
   try:
     path = epath.Path(workdir)
@@ -293,7 +293,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
   checkpointer = None
   state = None
   if workdir is not None:
-    _check_writable(workdir)
+    check_writable(workdir)
     checkpointer = StateCheckpointer(
         workdir, save_every=config.checkpoint_steps,
         keep=config.keep_checkpoints, keep_every=config.keep_every,

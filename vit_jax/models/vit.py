@@ -27,7 +27,7 @@ POSEMB_TYPES = ('learn', 'sincos2d')
 REMAT_POLICIES = ('none', 'full', 'dots_saveable',
                   'dots_with_no_batch_dims_saveable', 'nothing_saveable')
 
-_LN_EPS = 1e-6
+LAYER_NORM_EPS = 1e-6
 
 
 _logical = nn.with_logical_partitioning
@@ -35,7 +35,7 @@ _logical = nn.with_logical_partitioning
 
 def _layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=_LN_EPS, dtype=dtype, name=name,
+      epsilon=LAYER_NORM_EPS, dtype=dtype, name=name,
       scale_init=_logical(nn.initializers.ones, ('embed',)),
       bias_init=_logical(nn.initializers.zeros, ('embed',)))
 

@@ -1,0 +1,79 @@
+"""The Hugging Face transformers export: what it writes, what it refuses, and
+(where transformers is installed) that ViTForImageClassification computes
+our logits from it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import build, init_params, randomize, tiny_model_config
+from vit_jax import checkpoints
+
+LABELS = [f'class {i}' for i in range(10)]
+
+
+def _exported(tmp_path, **overrides):
+  config = tiny_model_config(**overrides)
+  model = build(config, 10)
+  params = randomize(init_params(model), scale=0.2)
+  checkpoints.save_hf(params, config, str(tmp_path / 'hf'), labels=LABELS,
+                      image_size=16)
+  return model, params, tmp_path / 'hf'
+
+
+def test_writes_a_transformers_vit_directory(tmp_path):
+  _, params, out = _exported(tmp_path)
+  assert sorted(p.name for p in out.iterdir()) == [
+      'config.json', 'model.safetensors', 'preprocessor_config.json']
+  config = json.loads((out / 'config.json').read_text())
+  assert config['model_type'] == 'vit'
+  assert (config['hidden_size'], config['num_hidden_layers'],
+          config['num_attention_heads'], config['intermediate_size'],
+          config['image_size'], config['patch_size']) == (32, 3, 2, 64, 16, 4)
+  assert config['hidden_act'] == 'gelu_pytorch_tanh'
+  assert config['layer_norm_eps'] == 1e-6
+  assert config['id2label']['3'] == 'class 3' and config['label2id']['class 3'] == 3
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  tensors = load_file(out / 'model.safetensors')
+  # 8 outside the blocks, 16 per block.
+  assert len(tensors) == 8 + 16 * 3
+  query = params['Transformer']['encoderblock_1'][
+      'MultiHeadDotProductAttention_0']['query']['kernel']  # (32, 2, 16)
+  np.testing.assert_array_equal(
+      tensors['vit.encoder.layer.1.attention.attention.query.weight'][16 + 5],
+      np.asarray(query)[:, 1, 5])
+  assert tensors['vit.embeddings.patch_embeddings.projection.weight'].shape == (32, 3, 4, 4)
+
+
+@pytest.mark.parametrize('overrides, why', [
+    (dict(classifier='gap'), 'classifier=\'gap\''),
+    (dict(classifier='map'), 'classifier=\'map\''),
+    (dict(representation_size=16), 'pre_logits'),
+    (dict(resnet_layers=(1,), patch_size=(1, 1)), 'hybrid'),
+])
+def test_refuses_what_transformers_vit_cannot_express(tmp_path, overrides, why):
+  config = tiny_model_config(**overrides)
+  params = init_params(build(config, 10), image_shape=(1, 32, 32, 3))
+  with pytest.raises(checkpoints.ExportNotSupportedError, match=why):
+    checkpoints.save_hf(params, config, str(tmp_path / 'hf'))
+  assert not (tmp_path / 'hf').exists()
+
+
+@pytest.mark.parametrize('posemb', ['learn', 'sincos2d'])
+def test_transformers_computes_our_logits(tmp_path, posemb):
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  model, params, out = _exported(tmp_path, posemb=posemb)
+  hf_model, info = transformers.ViTForImageClassification.from_pretrained(
+      str(out), output_loading_info=True)
+  assert not info['missing_keys'] and not info['unexpected_keys'], info
+  assert hf_model.config.id2label[7] == 'class 7'
+  hf_model.eval()
+  images = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)
+  ours = np.asarray(model.apply({'params': params}, images))
+  with torch.no_grad():
+    theirs = hf_model(pixel_values=torch.from_numpy(
+        images.transpose(0, 3, 1, 2).copy())).logits.numpy()
+  assert np.std(ours) > 0.1
+  np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
