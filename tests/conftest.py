@@ -1,4 +1,9 @@
-"""Shared helpers for the test suite: tiny models and parameter utilities."""
+"""Shared helpers for the test suite: tiny models, parameter utilities,
+real image folders, and running an entry point in its own process."""
+
+import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -8,6 +13,21 @@ import pytest
 
 from configs.models import get_model_config
 from vit_jax.models import build_model
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(module, *args, env=None, check=True, timeout=600):
+  """`python -m module args` from the repository root on the CPU backend
+  (or in `env`); with `check`, a non-zero exit fails with its stderr."""
+  out = subprocess.run([sys.executable, '-m', module, *map(str, args)],
+                       cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout,
+                       env=env or {**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  if check:
+    assert out.returncode == 0, out.stderr[-3000:]
+  return out
 
 
 def tiny_model_config(**overrides):

@@ -2,17 +2,13 @@
 fine-tune entry point end to end."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import scipy.ndimage
 
+from conftest import run_module
 from vit_jax import checkpoints, transfer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _posemb(grid=(14, 14), prefix=1, width=5, seed=0):
@@ -211,12 +207,7 @@ def test_augreg_names():
 
 
 def _run(module, workdir, *flags):
-  out = subprocess.run(
-      [sys.executable, '-m', module, '--workdir', str(workdir), *flags],
-      cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out.stdout
+  return run_module(module, '--workdir', workdir, *flags).stdout
 
 
 def test_pretrain_then_finetune_at_higher_resolution_with_new_classes(tmp_path):
@@ -237,7 +228,8 @@ def test_pretrain_then_finetune_at_higher_resolution_with_new_classes(tmp_path):
                 '--config.pp_train=resize(12)', '--config.pp_eval=resize(12)',
                 '--config.total_steps=200', '--config.schedule.warmup_steps=20',
                 '--config.eval_steps=200', '--config.log_steps=50',
-                '--config.shuffle_buffer=2000', *tiny)
+                '--config.shuffle_buffer=2000', '--config.export=vit_jax,hf',
+                *tiny)
   assert 'resized Transformer/posembed_input/pos_embedding (1, 17, 32) -> (1, 37, 32)' in stdout
   assert 'initialized fresh: head/kernel (32, 10)' in stdout
   records = [json.loads(l) for l in
@@ -248,6 +240,17 @@ def test_pretrain_then_finetune_at_higher_resolution_with_new_classes(tmp_path):
   assert exported['head/kernel'].shape == (32, 10)
   assert exported['Transformer/posembed_input/pos_embedding'].shape == (1, 37, 32)
   assert 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel' in exported
+  # Both runs describe themselves; the exports carry the class names.
+  digits = [str(i) for i in range(10)]
+  assert (tmp_path / 'pre' / 'labels.txt').read_text().split() == digits[:5]
+  assert (tmp_path / 'fine' / 'labels.txt').read_text().split() == digits
+  assert (tmp_path / 'fine' / 'finetuned.labels.txt').read_text().split() == digits
+  config = json.loads((tmp_path / 'fine' / 'config.json').read_text())
+  assert (config['image_size'], config['num_classes'], config['pp_eval'],
+          config['model']['hidden_size']) == (12, 10, 'resize(12)', 32)
+  hf_config = json.loads((tmp_path / 'fine' / 'hf' / 'config.json').read_text())
+  assert hf_config['image_size'] == 12 and hf_config['id2label']['9'] == '9'
+  assert (tmp_path / 'fine' / 'hf' / 'model.safetensors').exists()
 
 
 def test_hybrid_checkpoint_fits_a_larger_resolution_and_new_head():

@@ -3,14 +3,11 @@ tell is read from it, the rest follows from the config."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import make_photo_folder
+from conftest import make_photo_folder, run_module as run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -18,12 +15,6 @@ def photos(tmp_path_factory):
   return make_photo_folder(tmp_path_factory.mktemp('photos'))
 
 
-def run(module, *args, env=None):
-  out = subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
-                       env=env or {**os.environ, 'JAX_PLATFORMS': 'cpu'},
-                       capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out
 
 
 def last_record(workdir):

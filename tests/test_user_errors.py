@@ -1,24 +1,19 @@
 """Bad inputs stop the entry points with one `error:` line and exit status 2,
 before anything is written to the workdir."""
 
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import numpy as np
 import pytest
 
-from conftest import abstract_params, build, init_params, tiny_model_config
+from conftest import (abstract_params, build, init_params, run_module,
+                      tiny_model_config)
 from vit_jax import checkpoints
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_entry_point(module, *args):
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
-                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
-                        capture_output=True, text=True, timeout=300)
+  return run_module(module, *args, check=False, timeout=300)
 
 
 def assert_user_error(out, message):

@@ -75,3 +75,56 @@ def as_grid(maps: np.ndarray) -> np.ndarray:
   if side * side != maps.shape[-1]:
     raise ValueError(f'{maps.shape[-1]} patch tokens are not a square grid.')
   return maps.reshape(*maps.shape[:-1], side, side)
+
+
+# Anchors of a perceptually ordered dark-to-bright colour map (inferno-like).
+_COLOURS = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9),
+                     (252, 255, 164)], np.float32)
+
+
+def _colour(values: np.ndarray) -> np.ndarray:
+  """[0, 1] -> RGB float in [0, 255]."""
+  position = np.clip(values, 0, 1) * (len(_COLOURS) - 1)
+  low = np.minimum(np.floor(position).astype(int), len(_COLOURS) - 2)
+  frac = (position - low)[..., None]
+  return _COLOURS[low] * (1 - frac) + _COLOURS[low + 1] * frac
+
+
+def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  scaled = np.asarray(grid, np.float32) / max(float(np.max(grid)), 1e-12)
+  return np.asarray(Image.fromarray(scaled, mode='F').resize(
+      (size, size), Image.BILINEAR))
+
+
+def render(image: np.ndarray, head_grids: np.ndarray, rollout_grid: np.ndarray,
+           title: str, panel: int = 160) -> bytes:
+  """A PNG: the model's input image, the rollout over it, then each head's
+  last-layer map over it (each map scaled to its own maximum). `image` is
+  the preprocessed input (any value range); grids are (heads, g, g) and
+  (g, g)."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  image = np.asarray(image, np.float32)
+  image = (image - image.min()) / max(float(image.max() - image.min()), 1e-12)
+  base = np.asarray(Image.fromarray(np.uint8(image * 255)).resize(
+      (panel, panel), Image.NEAREST), np.float32)
+  panels = [('input', base)]
+  for name, grid in [('rollout', rollout_grid)] + [
+      (f'head {i + 1}', g) for i, g in enumerate(head_grids)]:
+    panels.append((name, 0.4 * base + 0.6 * _colour(_upsample(grid, panel))))
+  columns = min(len(panels), 8)
+  rows = -(-len(panels) // columns)
+  caption, label_height = 18, 16
+  cell = panel + label_height
+  sheet = Image.new('RGB', (columns * panel, caption + rows * cell), 'white')
+  draw = ImageDraw.Draw(sheet)
+  draw.text((4, 3), title, fill='black')
+  for i, (name, pixels) in enumerate(panels):
+    left, top = (i % columns) * panel, caption + (i // columns) * cell
+    draw.text((left + 4, top + 2), name, fill='black')
+    sheet.paste(Image.fromarray(np.uint8(np.clip(pixels, 0, 255))),
+                (left, top + label_height))
+  out = io.BytesIO()
+  sheet.save(out, format='PNG')
+  return out.getvalue()

@@ -288,14 +288,22 @@ def load_npz_params(path: str, reference_params: Params,
   the encoder layout produced. Layout conversions that change values'
   shapes beyond renaming are reported through `log`.
   """
+  return fit_params(read_npz(path), reference_params, source=repr(path),
+                    log=log)
+
+
+def fit_params(flat: FlatParams, reference_params: Params, *, source: str,
+               log: Callable[[str], None] = logging.info) -> Params:
+  """Flat parameters in any released layout (or ours) -> the model's tree;
+  every name and shape must match (see load_npz_params)."""
   reference_params = _plain(reference_params)
   reference = flatten_params(reference_params)
   stacked = any(_STACKED_BLOCK.match(k) for k in reference)
-  flat = to_model_layout(read_npz(path), stacked=stacked)
+  flat = to_model_layout(flat, stacked=stacked)
   model_posemb = reference.get(_NESTED_POSEMB)
   flat = add_class_token_row(
       flat, None if model_posemb is None else model_posemb.shape[1], log)
-  return match_params(flat, reference_params, source=repr(path))
+  return match_params(flat, reference_params, source=source)
 
 
 LAYOUTS = ('vit_jax', 'big_vision')

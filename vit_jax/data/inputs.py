@@ -52,6 +52,15 @@ def _op_string(config, key: str, sizes: dict) -> str:
   return pp
 
 
+def op_string(config, key: str) -> str:
+  """config.pp_train or config.pp_eval, ready to parse. Op strings may say
+  {image_size} and {resize_size} (the eval resize before a central crop:
+  256 for 224, as in the ImageNet convention)."""
+  sizes = dict(image_size=config.image_size,
+               resize_size=config.image_size * 8 // 7)
+  return _op_string(config, key, sizes)
+
+
 # A split to hold out of train when the data has no validation or test split.
 HELD_OUT_FRACTION = 0.1
 MAX_HELD_OUT = 10_000
@@ -144,12 +153,7 @@ def make_inputs(config, source=None) -> tuple[object, EvalData]:
     source = open_source(config)
     resolve_from_data(config, source, quiet)
     derived_config.fill(config, quiet)
-  # Op strings may say {image_size} and {resize_size} (the eval resize
-  # before a central crop: 256 for 224, as in the ImageNet convention).
-  sizes = dict(image_size=config.image_size,
-               resize_size=config.image_size * 8 // 7)
-  pp_train, pp_eval = (_op_string(config, 'pp_train', sizes),
-                       _op_string(config, 'pp_eval', sizes))
+  pp_train, pp_eval = op_string(config, 'pp_train'), op_string(config, 'pp_eval')
   if source.num_classes != config.num_classes:
     raise ConfigError(
         f'dataset {config.dataset!r} has {source.num_classes} classes but '

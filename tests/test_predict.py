@@ -1,0 +1,120 @@
+"""vit_jax.predict on a trained workdir: PNG files of the held-out digits give
+the run's own held-out accuracy; unreadable files are named; attention
+pictures; .npz models with their labels beside them."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_module
+from vit_jax import checkpoints, predict, run_record
+from vit_jax.data.sources import digits_source
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+  """The README's demo config, shortened to 100 steps."""
+  workdir = tmp_path_factory.mktemp('demo')
+  run_module('vit_jax.train', '--config', 'configs/demo.py', '--workdir', workdir,
+             '--config.total_steps=100', '--config.schedule.warmup_steps=10',
+             '--config.eval_steps=100', '--config.checkpoint_steps=100',
+             '--config.fewshot.log_steps=1000')
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def digit_files(tmp_path_factory):
+  """The 360 held-out digits as PNG files named <index>_<label>.png."""
+  folder = tmp_path_factory.mktemp('digits')
+  source = digits_source()
+  for i in source.splits['test']:
+    Image.fromarray(source.images[i]).save(folder / f'{i:04d}_{source.labels[i]}.png')
+  return folder
+
+
+def test_predictions_on_image_files_match_the_runs_held_out_evaluation(
+    demo_run, digit_files, tmp_path):
+  (digit_files / 'broken.png').write_bytes(b'not an image')
+  out = run_module('vit_jax.predict', f'--model={demo_run}',
+                   f'--images={digit_files}', f'--output={tmp_path / "p.jsonl"}')
+  records = [json.loads(l) for l in (tmp_path / 'p.jsonl').read_text().splitlines()]
+  assert len(records) == 361
+  broken = [r for r in records if 'error' in r]
+  assert [r['image'] for r in broken] == [str(digit_files / 'broken.png')]
+  assert 'cannot decode it as an image' in broken[0]['error']
+  assert f'{digit_files / "broken.png"}: error: cannot decode' in out.stdout
+  predicted = [r for r in records if 'top_k' in r]
+  correct = sum(r['top_k'][0]['label'] == r['image'].rsplit('_', 1)[1][:-4]
+                for r in predicted)
+  logged = json.loads((demo_run / 'metrics.jsonl').read_text().splitlines()[-1])
+  assert logged['eval/accuracy_examples'] == len(predicted) == 360
+  assert correct == round(logged['eval/accuracy'] * 360)
+  assert 36 < correct < 360  # neither chance nor trivially perfect
+  first = predicted[0]['top_k']
+  assert [e['label'] for e in first] == [str(e['index']) for e in first]
+  probs = [e['prob'] for e in first]
+  assert len(first) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1
+  assert '360 images predicted, 1 unreadable' in out.stdout
+
+
+def test_attention_pictures_and_csv(demo_run, digit_files, tmp_path):
+  images = sorted(digit_files.glob('*_3.png'))[:2]
+  run_module('vit_jax.predict', f'--model={demo_run}@100',
+             f'--images={images[0]},{images[1]}', '--top_k=3',
+             f'--output={tmp_path / "p.csv"}', f'--attention={tmp_path / "maps"}')
+  rows = list(csv.reader((tmp_path / 'p.csv').open()))
+  assert rows[0] == ['image', 'error', 'label_1', 'index_1', 'prob_1', 'label_2',
+                     'index_2', 'prob_2', 'label_3', 'index_3', 'prob_3']
+  assert [r[0] for r in rows[1:]] == [str(p) for p in images]
+  for image in images:
+    picture = Image.open(tmp_path / 'maps' / f'{image.stem}.png')
+    # input, rollout and 4 heads, 160 px each, under a caption line.
+    assert picture.size == (6 * 160, 18 + 16 + 160)
+    pixels = np.asarray(picture.convert('RGB'))
+    rollout = pixels[34:, 160:320]
+    assert rollout.std() > 10  # a map, not a flat panel
+
+
+def test_npz_model_reads_its_labels_and_config_beside_it(demo_run, tmp_path):
+  loaded = predict.load_model(str(demo_run))
+  assert loaded.labels == [str(i) for i in range(10)]
+  npz = tmp_path / 'model.npz'
+  checkpoints.save_npz_params(loaded.params, str(npz))
+  with pytest.raises(predict.ModelError, match='pass --config'):
+    predict.load_model(str(npz))
+  from_npz = predict.load_model(str(npz), config=loaded.config)
+  assert from_npz.labels == [str(i) for i in range(10)]  # no labels: indices
+  run_record.write_labels(run_record.labels_beside(str(npz)),
+                          [f'digit {i}' for i in range(10)])
+  (tmp_path / 'config.json').write_text((demo_run / 'config.json').read_text())
+  from_npz = predict.load_model(str(npz))
+  assert from_npz.labels[7] == 'digit 7'
+  for a, b in zip(*(checkpoints.flatten_params(m.params).values()
+                    for m in (loaded, from_npz))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_probabilities_follow_the_training_loss():
+  logits = np.array([2.0, 0.0, -1.0])
+  labels = ['a', 'b', 'c']
+  softmax = predict.top_k(logits, 2, sigmoid=False, labels=labels)
+  assert [e['label'] for e in softmax] == ['a', 'b']
+  np.testing.assert_allclose(softmax[0]['prob'], np.exp(2) / np.exp(logits).sum())
+  sigmoid = predict.top_k(logits, 3, sigmoid=True, labels=labels)
+  np.testing.assert_allclose([e['prob'] for e in sigmoid],
+                             1 / (1 + np.exp(-logits)))
+
+
+def test_user_errors_are_one_line(demo_run, tmp_path):
+  out = run_module('vit_jax.predict', f'--model={tmp_path / "nothing"}',
+                   f'--images={tmp_path}', check=False)
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      f"error: --model='{tmp_path / 'nothing'}' does not exist")
+  out = run_module('vit_jax.predict', f'--model={demo_run}',
+                   f'--images={tmp_path / "*.jpg"}', check=False)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].startswith('error: --images=')

@@ -1,0 +1,329 @@
+"""Top-k predictions of a trained model on image files, and attention maps.
+
+  python -m vit_jax.predict --model=/tmp/vit_demo --images=photos/ \\
+      [--top_k=5] [--output=preds.jsonl|preds.csv] [--attention=DIR]
+
+--model is a workdir of vit_jax.train / vit_jax.finetune (`DIR`, or
+`DIR@STEP` for an older checkpoint), an `.npz` (its variant from --config,
+else from the config.json beside it), or an AugReg file name. The run's
+config.json says the model, the eval preprocessing (`pp_eval`) and the loss
+(sigmoid probabilities for sigmoid-trained models, softmax otherwise);
+labels.txt gives the class names. --images is comma-separated files, a
+folder (searched recursively) or a glob. An image that cannot be read or
+decoded is reported by name and the others are still predicted.
+
+--attention=DIR writes one PNG per image: the input, the attention rollout
+(Abnar & Zuidema 2020) and the last layer's class-token attention per head.
+"""
+
+import csv
+import io
+import json
+import os
+import re
+import sys
+from typing import NamedTuple
+
+from absl import app, flags, logging
+from etils import epath
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+
+# TensorFlow only decodes and resizes here: keep its C++ log lines (one per
+# unreadable image) off the console. Set before TensorFlow is imported.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from vit_jax import attention_maps, checkpoints, run_record, transfer
+from vit_jax import train as train_lib
+from vit_jax.data import inputs
+from vit_jax.data.sources import IMAGE_SUFFIXES
+from vit_jax.models import build_model
+from vit_jax.user_errors import UserError, reported
+
+_MODEL = flags.DEFINE_string(
+    'model', None, 'A workdir (DIR or DIR@STEP), an .npz file or an AugReg '
+    'file name.')
+_IMAGES = flags.DEFINE_string(
+    'images', None, 'Image files (comma-separated), a folder or a glob.')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes per image.')
+_OUTPUT = flags.DEFINE_string(
+    'output', None, 'Also write the predictions to FILE.jsonl or FILE.csv.')
+_ATTENTION = flags.DEFINE_string(
+    'attention', None, 'Write an attention-map PNG per image into this folder.')
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', 64, 'Images per step (rounded up to the device count).')
+
+
+class ModelError(UserError, ValueError):
+  """The model to predict with cannot be found or described."""
+
+
+class LoadedModel(NamedTuple):
+  config: ml_collections.ConfigDict  # model, image_size, pp_eval, loss
+  params: dict
+  labels: list[str]
+  description: str
+
+
+def _augreg_config(path: str, flat) -> ml_collections.ConfigDict:
+  """A config for an AugReg file, from its name: the variant, the
+  resolution (`res_N`), resize-only preprocessing as in the AugReg
+  notebooks, and sigmoid probabilities for the ImageNet-21k upstream
+  files (those without a `--<dataset>` fine-tuning part)."""
+  from configs.models import get_model_config  # pylint: disable=g-import-not-at-top
+  name = path.rsplit('/', 1)[-1]
+  model = get_model_config(transfer.augreg_model_name(name))
+  pre_logits = flat.get('pre_logits/kernel')
+  model.representation_size = None if pre_logits is None else pre_logits.shape[1]
+  resolution = re.search(r'res_(\d+)', name)
+  image_size = int(resolution.group(1)) if resolution else 224
+  return ml_collections.ConfigDict(dict(
+      model=model.to_dict(), image_size=image_size,
+      pp_eval=f'decode|resize({image_size})',
+      loss='softmax_xent' if '--' in name else 'sigmoid_xent'))
+
+
+def load_model(spec: str, config=None) -> LoadedModel:
+  """The parameters, config and class names behind --model."""
+  path = transfer.augreg_path(spec)
+  if path.endswith('.npz'):
+    flat = checkpoints.read_npz(path)
+    folder = os.path.dirname(path)
+    config = (config or run_record.read_config(f'{folder}/{run_record.CONFIG_FILE}')
+              or (_augreg_config(path, flat) if transfer.augreg_model_name(path)
+                  else None))
+    if config is None:
+      raise ModelError(
+          f'--model={spec!r}: no config.json beside the .npz says which model '
+          f'it is; pass --config with the config it was trained with, e.g. '
+          f'--config configs/finetune.py:model=B/16.')
+    labels = (run_record.read_labels(run_record.labels_beside(path))
+              or run_record.read_labels(f'{folder}/{run_record.LABELS_FILE}'))
+  else:
+    directory, _, step = path.partition('@')
+    config = config or run_record.read_config(
+        f'{directory}/{run_record.CONFIG_FILE}')
+    if config is None:
+      if not epath.Path(directory).exists():
+        raise ModelError(
+            f'--model={spec!r} does not exist; expected a workdir (DIR or '
+            f'DIR@STEP), an .npz file or an AugReg file name.')
+      raise ModelError(
+          f'--model={spec!r}: the workdir has no {run_record.CONFIG_FILE}; '
+          f'pass --config with the config it was trained with.')
+    flat = transfer.read_orbax_params(directory, int(step) if step else None)
+    labels = run_record.read_labels(f'{directory}/{run_record.LABELS_FILE}')
+  head = next((v for k, v in flat.items() if k.endswith('head/bias')), None)
+  if head is None:
+    raise ModelError(f'--model={spec!r} has no classification head '
+                     f'(head/bias); it cannot predict classes.')
+  num_classes = int(head.shape[0])
+  model = build_model(config.model, num_classes)
+  size = config.image_size
+  abstract = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), np.zeros((1, size, size, 3), np.float32)))['params']
+  params = checkpoints.fit_params(flat, abstract, source=repr(path),
+                                  log=logging.info)
+  if not labels or len(labels) != num_classes:
+    labels = [str(i) for i in range(num_classes)]
+  return LoadedModel(config, params, labels, path)
+
+
+def list_images(spec: str) -> list[str]:
+  """Comma-separated files, a folder (recursively) or a glob -> paths."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  paths = []
+  for item in filter(None, (s.strip() for s in spec.split(','))):
+    if any(c in item for c in '*?['):
+      paths += sorted(tf.io.gfile.glob(item))
+    elif tf.io.gfile.isdir(item):
+      for folder, _, files in sorted(tf.io.gfile.walk(item)):
+        paths += [os.path.join(folder, f) for f in sorted(files)
+                  if f.lower().endswith(IMAGE_SUFFIXES)]
+    else:
+      paths.append(item)
+  if not paths:
+    raise UserError(f'--images={spec!r} names no image files; expected files '
+                    f'(comma-separated), a folder or a glob such as '
+                    f'"photos/*.jpg".')
+  return paths
+
+
+def make_preprocess(config):
+  """path -> the model input (float32 (size, size, 3)) through the run's
+  pp_eval, or raises an error that says why the image cannot be used."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from vit_jax.data.ops import Preprocess  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  preprocess = Preprocess(inputs.op_string(config, 'pp_eval'))
+  size = config.image_size
+
+  @tf.function
+  def prepare(data):
+    example = preprocess.example_fn({'image': data, 'label': tf.constant(0)},
+                                    tf.constant([0, 0], tf.int64))
+    return example['image']
+
+  def run(path: str) -> np.ndarray:
+    try:
+      data = epath.Path(path).read_bytes()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'cannot read it ({type(e).__name__}: {e})') from None
+    try:
+      image = prepare(tf.constant(data)).numpy()
+    except tf.errors.OpError as e:
+      raise ValueError(f'cannot decode it as an image ({_cause(e)})') from None
+    if image.shape != (size, size, 3):
+      raise ValueError(f'pp_eval gives {image.shape}, not ({size}, {size}, 3)')
+    return image.astype(np.float32)
+  return run
+
+
+def _cause(error: Exception) -> str:
+  """The line of a TensorFlow error that says what is wrong (its first
+  lines are about graph nodes)."""
+  text = re.sub(r'\[\[.*?\]\]|\{\{.*?\}\}|\[Op:.*?\]', '', str(error))
+  lines = [line.strip() for line in text.splitlines() if line.strip()
+           and not line.startswith(('Graph execution error', 'Detected at node'))]
+  return (lines[-1] if lines else type(error).__name__)[:200]
+
+
+def make_forward(model, mesh, with_attention: bool, num_prefix_tokens: int):
+  """Jitted (params, images) -> probabilities-to-be (logits) and, with
+  attention, the per-head and rollout maps; batches split over `mesh`."""
+  def forward(params, images):
+    if not with_attention:
+      return model.apply({'params': params}, images), None, None
+    logits, probs = attention_maps.apply_with_attention(model, params, images)
+    heads, total = attention_maps.token_maps(probs, num_prefix_tokens)
+    return logits, heads, total
+  return jax.jit(forward, in_shardings=(NamedSharding(mesh, P()),
+                                        NamedSharding(mesh, P('data'))))
+
+
+def top_k(logits: np.ndarray, k: int, sigmoid: bool, labels: list[str]) -> list[dict]:
+  logits = np.asarray(logits, np.float64)
+  if sigmoid:
+    probs = 1 / (1 + np.exp(-logits))
+  else:
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+  order = np.argsort(-probs, kind='stable')[:k]
+  return [{'label': labels[i], 'index': int(i), 'prob': float(probs[i])}
+          for i in order]
+
+
+def predict(loaded: LoadedModel, paths: list[str], *, k: int = 5,
+            batch_size: int = 64, attention_dir: str | None = None,
+            log=print) -> list[dict]:
+  """One record per path: {'image', 'top_k'} or {'image', 'error'}."""
+  config = loaded.config
+  model = build_model(config.model, len(loaded.labels))
+  devices = np.array(jax.local_devices())
+  mesh = Mesh(devices, ('data',))
+  batch_size = -(-batch_size // devices.size) * devices.size
+  prefix = 1 if config.model.get('classifier', 'token').startswith('token') else 0
+  forward = make_forward(model, mesh, attention_dir is not None, prefix)
+  params = jax.device_put(loaded.params, NamedSharding(mesh, P()))
+  preprocess = make_preprocess(config)
+  sigmoid = config.get('loss') == 'sigmoid_xent'
+  k = min(k, len(loaded.labels))
+  if attention_dir:
+    epath.Path(attention_dir).mkdir(parents=True, exist_ok=True)
+  records, used_names = [], set()
+  for start in range(0, len(paths), batch_size):
+    chunk = paths[start:start + batch_size]
+    images, ok = [], []
+    for path in chunk:
+      try:
+        images.append(preprocess(path))
+        ok.append(path)
+      except ValueError as e:
+        records.append({'image': path, 'error': str(e)})
+        log(f'{path}: error: {e}')
+    if not ok:
+      continue
+    batch = np.zeros((batch_size, *images[0].shape), np.float32)
+    batch[:len(images)] = images
+    logits, heads, total = jax.device_get(forward(params, batch))
+    for i, path in enumerate(ok):
+      record = {'image': path, 'top_k': top_k(logits[i], k, sigmoid, loaded.labels)}
+      records.append(record)
+      best = record['top_k'][0]
+      if attention_dir:
+        name = _unique_name(path, used_names)
+        picture = attention_maps.render(
+            images[i], attention_maps.as_grid(heads[i]),
+            attention_maps.as_grid(total[i]),
+            f'{os.path.basename(path)}: {best["label"]} ({best["prob"]:.2f})')
+        (epath.Path(attention_dir) / name).write_bytes(picture)
+      log(f'{path}  ' + '  '.join(f'{e["label"]} ({e["prob"]:.3f})'
+                                  for e in record['top_k']))
+  order = {path: i for i, path in enumerate(paths)}
+  return sorted(records, key=lambda r: order[r['image']])
+
+
+def _unique_name(path: str, used: set) -> str:
+  stem = os.path.splitext(os.path.basename(path))[0]
+  name, n = f'{stem}.png', 1
+  while name in used:
+    n += 1
+    name = f'{stem}_{n}.png'
+  used.add(name)
+  return name
+
+
+def write_records(records: list[dict], path: str, k: int) -> None:
+  """One JSON object per line (.jsonl), or CSV columns image, error and
+  label/index/prob for each rank (.csv)."""
+  if path.endswith('.csv'):
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(['image', 'error'] + [f'{c}_{r}' for r in range(1, k + 1)
+                                          for c in ('label', 'index', 'prob')])
+    for record in records:
+      row = [record['image'], record.get('error', '')]
+      for entry in record.get('top_k', []):
+        row += [entry['label'], entry['index'], f'{entry["prob"]:.6g}']
+      writer.writerow(row)
+    text = out.getvalue()
+  else:
+    text = ''.join(json.dumps(r) + '\n' for r in records)
+  epath.Path(path).write_text(text)
+
+
+@reported
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  if _OUTPUT.value and not _OUTPUT.value.endswith(('.jsonl', '.csv')):
+    raise UserError(f'--output={_OUTPUT.value!r}: expected a file ending in '
+                    f'.jsonl or .csv.')
+  if _TOP_K.value < 1:
+    raise UserError(f'--top_k={_TOP_K.value}: expected a whole number >= 1.')
+  loaded = load_model(_MODEL.value, train_lib._CONFIG.value)  # pylint: disable=protected-access
+  paths = list_images(_IMAGES.value)
+  print(f'{loaded.description}: {loaded.config.model.get("name", "")} at '
+        f'{loaded.config.image_size}px, {len(loaded.labels)} classes; '
+        f'{len(paths)} images on {jax.local_device_count()} devices',
+        flush=True)
+  records = predict(loaded, paths, k=_TOP_K.value,
+                    batch_size=_BATCH_SIZE.value,
+                    attention_dir=_ATTENTION.value)
+  failed = sum('error' in r for r in records)
+  if _OUTPUT.value:
+    write_records(records, _OUTPUT.value, min(_TOP_K.value, len(loaded.labels)))
+    print(f'wrote {_OUTPUT.value}')
+  if _ATTENTION.value:
+    print(f'wrote {len(records) - failed} attention maps to {_ATTENTION.value}')
+  print(f'{len(records) - failed} images predicted, {failed} unreadable')
+  if failed == len(records):
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['model', 'images'])
+  app.run(main)
