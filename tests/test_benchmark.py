@@ -4,19 +4,54 @@ figures (timings themselves are never asserted)."""
 import os
 import subprocess
 import sys
+import time
+import types
 
 from tiny_training import tiny_config
-from vit_jax import benchmark, metrics, step_profile
+from vit_jax import benchmark, metrics, step_profile, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_benchmark_reports_consistent_figures():
+class _SlowStep:
+  """A train step whose compiled calls each sleep `seconds` and are
+  recorded, so the benchmark's timing can be checked against a known
+  lower bound."""
+
+  def __init__(self, step, seconds, calls):
+    self.step, self.seconds, self.calls = step, seconds, calls
+
+  def lower(self, *args):
+    lowered = self.step.lower(*args)
+    slow = self
+
+    class Compiled:
+      def __init__(self):
+        self.compiled = lowered.compile()
+
+      def cost_analysis(self):
+        return self.compiled.cost_analysis()
+
+      def __call__(self, *call_args):
+        slow.calls.append(1)
+        time.sleep(slow.seconds)
+        return self.compiled(*call_args)
+    return types.SimpleNamespace(compile=Compiled)
+
+
+def test_benchmark_times_every_measured_step_and_not_the_warmup(monkeypatch):
   config = tiny_config({})
-  result = benchmark.benchmark(config, steps=3, warmup=1)
+  calls = []
+  make_step = trainer.make_train_step
+  monkeypatch.setattr(trainer, 'make_train_step',
+                      lambda setup: _SlowStep(make_step(setup), 0.2, calls))
+  result = benchmark.benchmark(config, steps=3, warmup=2)
+  assert len(calls) == 2 + 3
   assert result['devices'] == 1 and result['batch_size'] == 16
-  assert result['step_seconds_min'] <= result['step_seconds_median']
-  assert abs(result['images_per_second'] * result['step_seconds_median'] - 16) < 1e-6
+  # Each timed step contains its 0.2 s call (and the tiny step itself
+  # takes far less than the 0.2 s margin above it).
+  assert 0.2 <= result['step_seconds_min'] <= result['step_seconds_median'] < 0.4
+  assert result['images_per_second'] == 16 / result['step_seconds_median']
   analytic = 3 * metrics.vit_forward_flops(config.model, 16, 10) * 16 / 1e12
   assert abs(result['analytic_tflops_per_step'] - analytic) < 1e-12
   # The compiler's count agrees with the analytic one within 15% even for

@@ -2,7 +2,10 @@
 (where transformers is installed) that ViTForImageClassification computes
 our logits from it."""
 
+import importlib.util
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -60,20 +63,41 @@ def test_refuses_what_transformers_vit_cannot_express(tmp_path, overrides, why):
   assert not (tmp_path / 'hf').exists()
 
 
+# Runs in its own process: importing torch and transformers next to
+# TensorFlow (which other tests load) can abort the interpreter.
+_TRANSFORMERS_LOGITS = """
+import json, sys
+import numpy as np, torch, transformers
+out, images = sys.argv[1], np.load(sys.argv[2])
+model, info = transformers.ViTForImageClassification.from_pretrained(
+    out, output_loading_info=True)
+model.eval()
+with torch.no_grad():
+  logits = model(pixel_values=torch.from_numpy(
+      images.transpose(0, 3, 1, 2).copy())).logits.numpy()
+np.save(sys.argv[3], logits)
+print(json.dumps({'missing': sorted(info['missing_keys']),
+                  'unexpected': sorted(info['unexpected_keys']),
+                  'label_7': model.config.id2label[7]}))
+"""
+
+
+@pytest.mark.skipif(not all(importlib.util.find_spec(m)
+                            for m in ('torch', 'transformers')),
+                    reason='needs torch and transformers (the peers extra)')
 @pytest.mark.parametrize('posemb', ['learn', 'sincos2d'])
 def test_transformers_computes_our_logits(tmp_path, posemb):
-  torch = pytest.importorskip('torch')
-  transformers = pytest.importorskip('transformers')
   model, params, out = _exported(tmp_path, posemb=posemb)
-  hf_model, info = transformers.ViTForImageClassification.from_pretrained(
-      str(out), output_loading_info=True)
-  assert not info['missing_keys'] and not info['unexpected_keys'], info
-  assert hf_model.config.id2label[7] == 'class 7'
-  hf_model.eval()
   images = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)
+  np.save(tmp_path / 'images.npy', images)
+  result = subprocess.run(
+      [sys.executable, '-c', _TRANSFORMERS_LOGITS, str(out),
+       str(tmp_path / 'images.npy'), str(tmp_path / 'logits.npy')],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  info = json.loads(result.stdout.strip().splitlines()[-1])
+  assert info == {'missing': [], 'unexpected': [], 'label_7': 'class 7'}
   ours = np.asarray(model.apply({'params': params}, images))
-  with torch.no_grad():
-    theirs = hf_model(pixel_values=torch.from_numpy(
-        images.transpose(0, 3, 1, 2).copy())).logits.numpy()
   assert np.std(ours) > 0.1
-  np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(np.load(tmp_path / 'logits.npy'), ours,
+                             atol=1e-4, rtol=1e-4)

@@ -4,6 +4,7 @@ pictures; .npz models with their labels beside them."""
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -60,15 +61,26 @@ def test_predictions_on_image_files_match_the_runs_held_out_evaluation(
   assert '360 images predicted, 1 unreadable' in out.stdout
 
 
-def test_attention_pictures_and_csv(demo_run, digit_files, tmp_path):
-  images = sorted(digit_files.glob('*_3.png'))[:2]
+def test_attention_pictures_and_csv_on_four_devices(demo_run, digit_files, tmp_path):
+  images = sorted(digit_files.glob('*_3.png'))[:3]
+  # 4 devices, batches of 2 rounded up to 4: one padded batch.
   run_module('vit_jax.predict', f'--model={demo_run}@100',
-             f'--images={images[0]},{images[1]}', '--top_k=3',
-             f'--output={tmp_path / "p.csv"}', f'--attention={tmp_path / "maps"}')
+             '--images=' + ','.join(map(str, images)), '--top_k=3',
+             '--batch_size=2', f'--output={tmp_path / "p.csv"}',
+             f'--attention={tmp_path / "maps"}',
+             env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+                  'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
   rows = list(csv.reader((tmp_path / 'p.csv').open()))
   assert rows[0] == ['image', 'error', 'label_1', 'index_1', 'prob_1', 'label_2',
                      'index_2', 'prob_2', 'label_3', 'index_3', 'prob_3']
   assert [r[0] for r in rows[1:]] == [str(p) for p in images]
+  # The same probabilities as one device, in this process.
+  expected = predict.predict(predict.load_model(str(demo_run)),
+                             [str(p) for p in images], k=3, log=lambda _: None)
+  for row, record in zip(rows[1:], expected):
+    assert row[2::3] == [e['label'] for e in record['top_k']]
+    np.testing.assert_allclose([float(p) for p in row[4::3]],
+                               [e['prob'] for e in record['top_k']], rtol=1e-4)
   for image in images:
     picture = Image.open(tmp_path / 'maps' / f'{image.stem}.png')
     # input, rollout and 4 heads, 160 px each, under a caption line.
@@ -118,3 +130,22 @@ def test_user_errors_are_one_line(demo_run, tmp_path):
                    f'--images={tmp_path / "*.jpg"}', check=False)
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith('error: --images=')
+
+
+def test_augreg_file_names_say_the_model_resolution_and_loss(tmp_path):
+  """An .npz named like an AugReg release (here a Ti/16 fine-tuned at
+  32 px on 100 classes) needs no config: the name tells it."""
+  from conftest import abstract_params, build, randomize  # pylint: disable=g-import-not-at-top
+  from configs.models import get_model_config  # pylint: disable=g-import-not-at-top
+  name = ('Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--'
+          'cifar100-steps_2k-lr_0.01-res_32.npz')
+  model_config = get_model_config('Ti/16')
+  model_config.representation_size = None
+  params = randomize(abstract_params(build(model_config, 100), (1, 32, 32, 3)))
+  checkpoints.save_npz_params(params, str(tmp_path / name))
+  loaded = predict.load_model(str(tmp_path / name))
+  assert (loaded.config.image_size, loaded.config.pp_eval, loaded.config.loss,
+          len(loaded.labels)) == (32, 'decode|resize(32)', 'softmax_xent', 100)
+  # The ImageNet-21k upstream files: 224 px, sigmoid-trained.
+  upstream = predict.augreg_config(name.split('--')[0] + '.npz', {})
+  assert (upstream.image_size, upstream.loss) == (224, 'sigmoid_xent')

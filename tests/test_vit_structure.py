@@ -115,9 +115,27 @@ def test_head_bias_init_and_representation_layer(images):
 
 
 def test_sincos_posemb_has_no_parameter_and_is_deterministic(images):
+  from vit_jax.models.posemb import sincos2d_posemb  # pylint: disable=g-import-not-at-top
+  from vit_jax.models.vit import Encoder1DBlock  # pylint: disable=g-import-not-at-top
   model = build(tiny_model_config(posemb='sincos2d', classifier='gap'), 3)
-  params = init_params(model)
-  assert 'posembed_input' not in params['Transformer']
+  first_block_inputs = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, Encoder1DBlock) and not first_block_inputs:
+      first_block_inputs.append(np.asarray(args[0]))
+    return next_fun(*args, **kwargs)
+  for seed in (0, 1):
+    params = init_params(model, seed=seed)
+    assert 'posembed_input' not in params['Transformer']
+    # With a zero patch embedding the first block sees the position
+    # embedding alone: the same table for every seed and image.
+    params['embedding'] = jax.tree.map(jnp.zeros_like, params['embedding'])
+    first_block_inputs.clear()
+    with nn.intercept_methods(record):
+      model.apply({'params': params}, images)
+    np.testing.assert_allclose(
+        first_block_inputs[0],
+        np.repeat(np.asarray(sincos2d_posemb(4, 4, 32)), 2, axis=0), atol=1e-6)
 
 
 def test_sincos_posemb_values():

@@ -68,7 +68,7 @@ class LoadedModel(NamedTuple):
   description: str
 
 
-def _augreg_config(path: str, flat) -> ml_collections.ConfigDict:
+def augreg_config(path: str, flat) -> ml_collections.ConfigDict:
   """A config for an AugReg file, from its name: the variant, the
   resolution (`res_N`), resize-only preprocessing as in the AugReg
   notebooks, and sigmoid probabilities for the ImageNet-21k upstream
@@ -93,7 +93,7 @@ def load_model(spec: str, config=None) -> LoadedModel:
     flat = checkpoints.read_npz(path)
     folder = os.path.dirname(path)
     config = (config or run_record.read_config(f'{folder}/{run_record.CONFIG_FILE}')
-              or (_augreg_config(path, flat) if transfer.augreg_model_name(path)
+              or (augreg_config(path, flat) if transfer.augreg_model_name(path)
                   else None))
     if config is None:
       raise ModelError(
@@ -298,7 +298,8 @@ def write_records(records: list[dict], path: str, k: int) -> None:
 @reported
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
+  # Orbax warns about metadata it does not need for a read-only restore.
+  logging.set_verbosity(logging.ERROR)
   if _OUTPUT.value and not _OUTPUT.value.endswith(('.jsonl', '.csv')):
     raise UserError(f'--output={_OUTPUT.value!r}: expected a file ending in '
                     f'.jsonl or .csv.')

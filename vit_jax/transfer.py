@@ -101,6 +101,7 @@ def augreg_model_name(path: str) -> str | None:
 def read_orbax_params(directory: str, step: int | None = None) -> checkpoints.FlatParams:
   """Params of a pre-training workdir (or its checkpoints/ folder), at
   `step` or the newest step, as host arrays."""
+  import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top
   root = epath.Path(directory)
@@ -117,12 +118,23 @@ def read_orbax_params(directory: str, step: int | None = None) -> checkpoints.Fl
         f'checkpoint {directory!r} does not exist; expected an .npz file, an '
         f'AugReg name or a workdir of vit_jax.train (DIR or DIR@STEP).')
   with ocp.CheckpointManager(root, item_names=('state', 'data')) as manager:
+    steps = manager.all_steps()
     step = manager.latest_step() if step is None else step
-    if step is None:
-      raise checkpoints.CheckpointNotFoundError(f'no checkpoint in {str(root)!r}; expected step '
-                              f'folders written by vit_jax.train.')
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))['state']
+  if step is None:
+    raise checkpoints.CheckpointNotFoundError(
+        f'no checkpoint in {str(root)!r}; expected step folders written by '
+        f'vit_jax.train.')
+  if step not in steps:
+    raise checkpoints.CheckpointNotFoundError(
+        f'no step {step} in {str(root)!r}; it holds steps {sorted(steps)}.')
+  # Restored as host numpy arrays, so the saving run's devices and hosts
+  # play no part (a bare restore would put the arrays back onto them).
+  path = root / str(step) / 'state'
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      restore_args=jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)))
   return {k: np.asarray(v) for k, v in
           checkpoints.flatten_params(state['params']).items()}
 
