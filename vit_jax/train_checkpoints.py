@@ -12,6 +12,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from vit_jax.checkpoints import absolute_path
+
 
 class StateCheckpointer:
   """Saves every `save_every` steps; keeps the last `keep` plus every
@@ -19,7 +21,9 @@ class StateCheckpointer:
 
   def __init__(self, workdir: str, *, save_every: int, keep: int,
                keep_every: int | None = None, async_save: bool = True):
-    directory = epath.Path(workdir) / 'checkpoints'
+    # A relative local workdir (`--workdir run`) is taken from the working
+    # directory.
+    directory = epath.Path(absolute_path(workdir)) / 'checkpoints'
     self._directory = directory
     self._save_every = save_every
     self._manager = ocp.CheckpointManager(

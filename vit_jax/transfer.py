@@ -22,6 +22,8 @@ import numpy as np
 import scipy.ndimage
 
 from vit_jax import checkpoints
+from vit_jax.models.variants import canonical_name
+from vit_jax.models import vit
 
 Params = Any
 POSEMB = 'Transformer/posembed_input/pos_embedding'
@@ -104,7 +106,7 @@ def read_orbax_params(directory: str, step: int | None = None) -> checkpoints.Fl
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top
-  root = epath.Path(directory)
+  root = epath.Path(checkpoints.absolute_path(directory))
   try:
     if (root / 'checkpoints').is_dir():
       root = root / 'checkpoints'
@@ -235,7 +237,6 @@ def load_pretrained(init_from: str, reference_params: Params, model_config,
   """read_pretrained (unless `already_read` holds its result) +
   fit_pretrained for a model built from `model_config`; an AugReg file of
   another variant is refused by name."""
-  from configs.models import canonical_name  # pylint: disable=g-import-not-at-top
   flat, source = already_read or read_pretrained(init_from)
   from_name = augreg_model_name(source)
   if from_name and canonical_name(from_name) != canonical_name(model_config.name):
@@ -246,5 +247,5 @@ def load_pretrained(init_from: str, reference_params: Params, model_config,
   return fit_pretrained(
       flat, reference_params, source=source,
       stacked=bool(model_config.get('scan')),
-      num_prefix_tokens=1 if model_config.classifier.startswith('token') else 0,
+      num_prefix_tokens=vit.num_prefix_tokens(model_config.classifier),
       dont_load=dont_load, posemb_order=posemb_order, log=log)
