@@ -17,7 +17,9 @@ Config arguments: data (required), model (default S/16), image_size
 
 import ml_collections
 
-from configs import pretrain
+from vit_jax.config_files import sibling
+
+pretrain = sibling(__file__, 'pretrain')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

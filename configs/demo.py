@@ -6,14 +6,16 @@ runs on a fresh offline machine: 1,437 for training, 360 held out. Patches of
 pixel are the augmentation (flips would turn digits into other digits).
 """
 
-from configs import fewshot, pretrain
+from vit_jax.config_files import sibling
+
+fewshot = sibling(__file__, 'fewshot')
+pretrain = sibling(__file__, 'pretrain')
 
 
 def get_config(arg: str | None = None):
-  config = pretrain.get_config(arg or 'model=Ti/16,dataset=digits,batch_size=128')
+  config = pretrain.get_config(arg or 'model=nano/2,dataset=digits,batch_size=128')
+  config.model.representation_size = None
   config.image_size = 8
-  config.model.update(patch_size=(2, 2), hidden_size=64, mlp_dim=128,
-                      num_heads=4, num_layers=4, representation_size=None)
   config.pp_train = 'pad(1)|random_crop(8)'
   config.pp_eval = ''
   config.eval_batch_size = 128

@@ -4,12 +4,15 @@
   python -m vit_jax.fewshot --config configs/demo_fewshot.py --config.init_from=random
 """
 
-from configs import demo, fewshot
+from vit_jax.config_files import sibling
+
+demo = sibling(__file__, 'demo')
+fewshot = sibling(__file__, 'fewshot')
 
 
 def get_config(arg: str | None = None):
   del arg
-  config = fewshot.get_config('model=Ti/16,image_size=8')
+  config = fewshot.get_config('model=nano/2,image_size=8')
   config.model = demo.get_config().model
   config.fewshot = demo.get_config().fewshot
   return config

@@ -7,15 +7,15 @@ The patch grid grows from 4x4 to 8x8, so the position embedding is resized,
 and the head starts from zero: the fine-tuning recipe for 300 steps.
 """
 
-from configs import demo, finetune
+from vit_jax.config_files import sibling
+
+demo = sibling(__file__, 'demo')
+finetune = sibling(__file__, 'finetune')
 
 
 def get_config(arg: str | None = None):
-  config = finetune.get_config(arg or 'model=Ti/16,dataset=digits,batch_size=128')
-  pretrained = demo.get_config().model
-  for key in ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads', 'num_layers'):
-    config.model[key] = pretrained[key]
-  config.model.representation_size = None
+  config = finetune.get_config(
+      arg or f'model={demo.get_config().model.name},dataset=digits,batch_size=128')
   config.model.dropout_rate = 0.0
   config.image_size = 16
   # Translations on the native 8x8 grid, then upsampling.

@@ -13,8 +13,10 @@ held-out tenth of train) for scoring.
 
 import ml_collections
 
-from configs import pretrain
-from configs.models import get_model_config
+from vit_jax.config_files import sibling
+from vit_jax.models.variants import get_model_config
+
+pretrain = sibling(__file__, 'pretrain')
 
 # big_vision's default few-shot datasets: name -> (dataset, train, test).
 DEFAULT_DATASETS = {

@@ -10,7 +10,9 @@ workdir (optionally DIR@STEP).
 
 import ml_collections
 
-from configs import pretrain
+from vit_jax.config_files import sibling
+
+pretrain = sibling(__file__, 'pretrain')
 
 # dataset: (steps, warmup steps, base lr). Other datasets (any TFDS name,
 # folder:PATH, tfds_dir:PATH) train for FINETUNE_EPOCHS with WARMUP_FRACTION.

@@ -15,7 +15,7 @@ value moves everything that follows from it.
 
 import ml_collections
 
-from configs.models import get_model_config
+from vit_jax.models.variants import get_model_config, parse_name
 from vit_jax.sharding import DEFAULT_RULES
 
 # name: (classes, train examples, train split, eval split). The example
@@ -103,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name='adam', b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0,
       weight_decay=0.03 if config.dataset == 'imagenet21k' else 0.1,
       first_moment_dtype=ml_collections.FieldReference(None, field_type=str)))
-  width = config.model.name.split('+')[-1].split('/')[0]
+  width = parse_name(config.model.name)[0]
   config.schedule = ml_collections.ConfigDict(dict(
       base_lr=BASE_LR.get(width, 1e-3),
       warmup_steps=ml_collections.FieldReference(None, field_type=int),

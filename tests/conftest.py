@@ -11,18 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.models import get_model_config
+from vit_jax.models.variants import get_model_config
 from vit_jax.models import build_model
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module, *args, env=None, check=True, timeout=600):
-  """`python -m module args` from the repository root on the CPU backend
-  (or in `env`); with `check`, a non-zero exit fails with its stderr."""
+def run_module(module, *args, env=None, check=True, timeout=600, cwd=ROOT):
+  """`python -m module args` from the repository root (or `cwd`) on the CPU
+  backend (or in `env`); with `check`, a non-zero exit fails with its
+  stderr."""
   out = subprocess.run([sys.executable, '-m', module, *map(str, args)],
-                       cwd=ROOT, capture_output=True, text=True,
+                       cwd=cwd, capture_output=True, text=True,
                        timeout=timeout,
                        env=env or {**os.environ, 'JAX_PLATFORMS': 'cpu'})
   if check:

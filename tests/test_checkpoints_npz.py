@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from configs.models import get_model_config
+from vit_jax.models.variants import get_model_config
 from conftest import abstract_params, build, init_params, randomize, tiny_model_config
 from test_vit_structure import vit_b16_reference_tree
 from vit_jax import checkpoints

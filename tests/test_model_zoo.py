@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.models import get_model_config, known_names
+from vit_jax.models.variants import get_model_config, known_names
 from vit_jax.models import build_model
 
 # REFERENCE.md section 1: 'token' classifier, no representation layer, 224 px,
@@ -54,7 +54,7 @@ def test_published_parameter_count(name):
 
 @pytest.mark.parametrize('name,hidden,mlp,layers', [
     ('g/14', 1408, 6144, 40), ('G/14', 1664, 8192, 48), ('B/14', 768, 3072, 12),
-    ('mu/16', 32, 128, 1)])
+    ('mu/16', 32, 128, 1), ('nano/16', 64, 128, 4), ('nano/2', 64, 128, 4)])
 def test_large_and_unlisted_variants_match_analytic_count(name, hidden, mlp,
                                                           layers):
   patch = int(name.split('/')[1])

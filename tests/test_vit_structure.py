@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.models import get_model_config
+from vit_jax.models.variants import get_model_config
 from conftest import abstract_params, build, init_params, tiny_model_config
 from vit_jax.checkpoints import flatten_params
 from vit_jax.models import build_model

@@ -11,6 +11,7 @@ from typing import Any
 
 from vit_jax import checkpoints, optim
 from vit_jax.models import resnet, vit
+from vit_jax.models.variants import get_model_config
 from vit_jax.sharding import resolve_mesh_shape
 from vit_jax.user_errors import ConfigError
 
@@ -55,7 +56,6 @@ def _one_of(key: str, value: Any, allowed) -> None:
 
 
 def check_model(model_config, image_size: int) -> None:
-  from configs.models import get_model_config  # pylint: disable=g-import-not-at-top
   name = model_config.get('name')
   try:
     get_model_config(name)

@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 import jax
 
+from vit_jax.models.vit import num_prefix_tokens
+
 # Dense bf16 peak FLOP/s per device, by `device_kind` prefix.
 PEAK_FLOPS = {
     'NVIDIA H200': 989e12,
@@ -63,8 +65,7 @@ def vit_forward_flops(model_config: Mapping[str, Any], image_size: int,
   hidden, mlp = model_config['hidden_size'], model_config['mlp_dim']
   grid = (size // patch_h) * (size // patch_w)
   macs += grid * patch_h * patch_w * channels * hidden
-  tokens = grid + (1 if model_config.get('classifier', 'token') in (
-      'token', 'token_unpooled') else 0)
+  tokens = grid + num_prefix_tokens(model_config.get('classifier', 'token'))
   per_layer = 4 * tokens * hidden**2 + 2 * tokens**2 * hidden + 2 * tokens * hidden * mlp
   macs += model_config['num_layers'] * per_layer
   if model_config.get('representation_size'):

@@ -7,15 +7,16 @@ import time
 
 import numpy as np
 
+from vit_jax.models.variants import WIDTHS, parse_name
+
 TIMM_NAMES = {'Ti': 'tiny', 'S': 'small', 'B': 'base', 'L': 'large', 'H': 'huge'}
-HF_SIZES = {  # width: (hidden, layers, heads, mlp)
-    'Ti': (192, 12, 3, 768), 'S': (384, 12, 6, 1536), 'B': (768, 12, 12, 3072),
-    'L': (1024, 24, 16, 4096), 'H': (1280, 32, 16, 5120)}
 
 
 def _split(model_name: str) -> tuple[str, int]:
-  width, patch = model_name.split('+')[-1].split('/')
-  return width, int(patch)
+  width, patch, resnet_layers = parse_name(model_name)
+  if resnet_layers is not None:
+    raise ValueError(f'no PyTorch peer for the hybrid {model_name!r}.')
+  return width, patch
 
 
 def build_peer(kind: str, model_name: str, image_size: int, num_classes: int):
@@ -28,7 +29,7 @@ def build_peer(kind: str, model_name: str, image_size: int, num_classes: int):
         pretrained=False, num_classes=num_classes, img_size=image_size)
   if kind == 'transformers':
     import transformers  # pylint: disable=g-import-not-at-top
-    hidden, layers, heads, mlp = HF_SIZES[width]
+    hidden, mlp, heads, layers = WIDTHS[width]
     config = transformers.ViTConfig(
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=mlp, image_size=image_size, patch_size=patch,

@@ -41,6 +41,8 @@ from vit_jax import train as train_lib
 from vit_jax.data import inputs
 from vit_jax.data.sources import IMAGE_SUFFIXES
 from vit_jax.models import build_model
+from vit_jax.models.vit import num_prefix_tokens
+from vit_jax.models.variants import get_model_config
 from vit_jax.user_errors import UserError, reported
 
 _MODEL = flags.DEFINE_string(
@@ -73,7 +75,6 @@ def augreg_config(path: str, flat) -> ml_collections.ConfigDict:
   resolution (`res_N`), resize-only preprocessing as in the AugReg
   notebooks, and sigmoid probabilities for the ImageNet-21k upstream
   files (those without a `--<dataset>` fine-tuning part)."""
-  from configs.models import get_model_config  # pylint: disable=g-import-not-at-top
   name = path.rsplit('/', 1)[-1]
   model = get_model_config(transfer.augreg_model_name(name))
   pre_logits = flat.get('pre_logits/kernel')
@@ -225,7 +226,7 @@ def predict(loaded: LoadedModel, paths: list[str], *, k: int = 5,
   devices = np.array(jax.local_devices())
   mesh = Mesh(devices, ('data',))
   batch_size = -(-batch_size // devices.size) * devices.size
-  prefix = 1 if config.model.get('classifier', 'token').startswith('token') else 0
+  prefix = num_prefix_tokens(config.model.get('classifier', 'token'))
   forward = make_forward(model, mesh, attention_dir is not None, prefix)
   params = jax.device_put(loaded.params, NamedSharding(mesh, P()))
   preprocess = make_preprocess(config)

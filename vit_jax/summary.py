@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.models import get_model_config, known_names
+from vit_jax.models.variants import get_model_config, known_names
 from vit_jax.checkpoints import flatten_params
 from vit_jax.models import build_model
 

@@ -48,10 +48,6 @@ def _on_image(transform):
   return op
 
 
-def _to_uint8(image: tf.Tensor) -> tf.Tensor:
-  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-
 def _decode_full(data: tf.Tensor) -> tf.Tensor:
   if data.dtype != tf.string:  # an in-memory source with decoded pixels
     return data
@@ -81,7 +77,7 @@ def inception_crop(size, area_min=5, area_max=100):
     image = _decode_full(image)
     begin, box = _crop_box(tf.shape(image), seed, area_min, area_max)
     crop = tf.slice(image, begin, box)
-    return _to_uint8(tf.image.resize(crop, _hw(size)))
+    return randaugment.to_uint8(tf.image.resize(crop, _hw(size)))
   return _on_image(crop)
 
 
@@ -106,13 +102,13 @@ def decode_inception_crop(size, area_min=5, area_max=100):
 
     cropped = tf.cond(tf.io.is_jpeg(data), jpeg, other)
     cropped.set_shape([None, None, 3])
-    return _to_uint8(tf.image.resize(cropped, _hw(size)))
+    return randaugment.to_uint8(tf.image.resize(cropped, _hw(size)))
   return _on_image(crop)
 
 
 @_example_op
 def resize(size, method='bilinear'):
-  return _on_image(lambda image, seed: _to_uint8(
+  return _on_image(lambda image, seed: randaugment.to_uint8(
       tf.image.resize(_decode_full(image), _hw(size), method=method)))
 
 
@@ -124,7 +120,7 @@ def resize_small(size, method='bilinear'):
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     scale = tf.cast(size, tf.float32) / tf.cast(tf.minimum(h, w), tf.float32)
     new = tf.cast(tf.round(tf.cast(tf.stack([h, w]), tf.float32) * scale), tf.int32)
-    return _to_uint8(tf.image.resize(image, tf.maximum(new, size), method=method))
+    return randaugment.to_uint8(tf.image.resize(image, tf.maximum(new, size), method=method))
   return _on_image(op)
 
 

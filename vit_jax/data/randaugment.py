@@ -18,13 +18,14 @@ def _float(image):
   return tf.cast(image, tf.float32)
 
 
-def _uint8(image):
+def to_uint8(image):
+  """Rounds and clips to [0, 255], as uint8 (every op's pixel output)."""
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
 def _blend(degenerate, image, factor):
   """factor 0 -> degenerate, 1 -> image, >1 extrapolates."""
-  return _uint8(_float(degenerate) + factor * (_float(image) - _float(degenerate)))
+  return to_uint8(_float(degenerate) + factor * (_float(image) - _float(degenerate)))
 
 
 def _signed(seed, value):
@@ -53,7 +54,7 @@ def auto_contrast(image, seed, m):
   scale = 255.0 / tf.maximum(hi - lo, 1.0)
   # Truncated like PIL's ImageOps.autocontrast lookup table.
   stretched = tf.floor((tf.cast(image, tf.float64) - lo) * scale + 1e-9)
-  return tf.where(hi > lo, _uint8(stretched), image)
+  return tf.where(hi > lo, to_uint8(stretched), image)
 
 
 def equalize(image, seed, m):
@@ -96,7 +97,7 @@ def solarize(image, seed, m):
 
 
 def solarize_add(image, seed, m):
-  added = _uint8(_float(image) + int(m / 10 * 110))
+  added = to_uint8(_float(image) + int(m / 10 * 110))
   return tf.where(image < 128, added, image)
 
 

@@ -1,5 +1,7 @@
 """The model zoo: every official ViT and hybrid variant, selectable by name.
 
+Configs (`configs/*.py`) and the library read the zoo from here.
+
 `get_model_config('B/16')` returns the model section of a config. Plain names
 are `<width>/<patch>` for any patch size ('B/16', 'L/14', 'S/8'); the official
 release's spellings ('ViT-B_16', 'R50+ViT-B_16') are accepted too. Hybrids
@@ -11,10 +13,12 @@ import re
 import ml_collections
 
 # name: (hidden size, MLP size, heads, layers) -- ViT paper Table 1,
-# big_vision's g/G (arXiv 2106.04560), and big_vision's one-layer 'mu' for
-# smoke tests and quick tries on a CPU.
+# big_vision's g/G (arXiv 2106.04560), big_vision's one-layer 'mu' for
+# smoke tests and quick tries on a CPU, and 'nano', the README's main job
+# ('nano/2' on 8x8 digits, configs/demo.py).
 WIDTHS = {
     'mu': (32, 128, 2, 1),
+    'nano': (64, 128, 4, 4),
     'Ti': (192, 768, 3, 12),
     'S': (384, 1536, 6, 12),
     'B': (768, 3072, 12, 12),
@@ -45,7 +49,7 @@ REMAT = {'L': 'dots_with_no_batch_dims_saveable',
 # Dropout of the released ImageNet-21k configs; every other variant uses 0.
 DROPOUT = {'L/16': 0.1, 'H/14': 0.1, 'R50+B/16': 0.1, 'R50+L/32': 0.1}
 
-_PLAIN_NAME = re.compile(r'^(mu|Ti|S|B|L|H|g|G)/(\d+)$')
+_PLAIN_NAME = re.compile(r'^(' + '|'.join(WIDTHS) + r')/(\d+)$')
 
 
 def canonical_name(name: str) -> str:
@@ -60,19 +64,26 @@ def known_names() -> list[str]:
   return plain + list(HYBRIDS)
 
 
+def parse_name(name: str) -> tuple[str, int, tuple[int, ...] | None]:
+  """'B/16' -> ('B', 16, None); 'R50+B/16' -> ('B', 1, (3, 4, 9)): the
+  width, the patch size (on the stem output for hybrids) and the ResNet
+  stages of a hybrid."""
+  key = canonical_name(name)
+  if key in HYBRIDS:
+    width, stages, patch = HYBRIDS[key]
+    return width, patch, stages
+  match = _PLAIN_NAME.match(key)
+  if match is None:
+    raise ValueError(
+        f'unknown model {name!r}; expected <width>/<patch> with width in '
+        f'{sorted(WIDTHS)} (e.g. "B/16"), or a hybrid in {sorted(HYBRIDS)}.')
+  return match.group(1), int(match.group(2)), None
+
+
 def get_model_config(name: str) -> ml_collections.ConfigDict:
   """Model section of a config for a variant name (see module docstring)."""
   key = canonical_name(name)
-  resnet_layers, patch = None, None
-  if key in HYBRIDS:
-    width, resnet_layers, patch = HYBRIDS[key]
-  else:
-    match = _PLAIN_NAME.match(key)
-    if match is None:
-      raise ValueError(
-          f'unknown model {name!r}; expected <width>/<patch> with width in '
-          f'{sorted(WIDTHS)} (e.g. "B/16"), or a hybrid in {sorted(HYBRIDS)}.')
-    width, patch = match.group(1), int(match.group(2))
+  width, patch, resnet_layers = parse_name(key)
   hidden, mlp, heads, layers = WIDTHS[width]
 
   config = ml_collections.ConfigDict()

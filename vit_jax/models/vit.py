@@ -23,6 +23,13 @@ from vit_jax.models.posemb import AddPositionEmbs, sincos2d_posemb
 Dtype = Any
 
 CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
+# Classifiers whose model prepends a learned class token to the patches.
+CLASS_TOKEN_CLASSIFIERS = ('token', 'token_unpooled')
+
+
+def num_prefix_tokens(classifier: str) -> int:
+  """Tokens before the patch grid: 1 (the class token) or 0."""
+  return 1 if classifier in CLASS_TOKEN_CLASSIFIERS else 0
 POSEMB_TYPES = ('learn', 'sincos2d')
 REMAT_POLICIES = ('none', 'full', 'dots_saveable',
                   'dots_with_no_batch_dims_saveable', 'nothing_saveable')
@@ -307,14 +314,13 @@ class VisionTransformer(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     self._check_options()
     x, grid = self._patchify(images)
-    num_prefix_tokens = 0
-    if self.classifier in ('token', 'token_unpooled'):
+    prefix = num_prefix_tokens(self.classifier)
+    if prefix:
       cls = self.param('cls', _logical(nn.initializers.zeros,
                                        (None, None, 'embed')),
                        (1, 1, self.hidden_size))
       x = jnp.concatenate(
           [jnp.tile(cls.astype(x.dtype), (x.shape[0], 1, 1)), x], axis=1)
-      num_prefix_tokens = 1
 
     x = Encoder(
         num_layers=self.num_layers, mlp_dim=self.mlp_dim,
@@ -324,7 +330,7 @@ class VisionTransformer(nn.Module):
         scan=self.scan, remat_policy=self.remat_policy,
         attention_implementation=self.attention_implementation,
         dtype=self.dtype, name='Transformer')(
-            x, grid=grid, num_prefix_tokens=num_prefix_tokens,
+            x, grid=grid, num_prefix_tokens=prefix,
             deterministic=not train)
 
     if self.classifier == 'token':
