@@ -73,14 +73,41 @@ def test_mocked_tfds_train_and_eval_pipelines(name, classes, tmp_path):
   assert all(-1 <= b['images'].min() and b['images'].max() <= 1 for b in batches)
 
 
-def test_mocked_imagenet_real_labels_are_multi_hot(tmp_path):
-  with _mock(3):
+REAL_LABELS = [[], [3], [1, 5, 999]]  # ReaL has images with no, one, several
+
+
+def _real_examples(*args, **kwargs):
+  """imagenet2012_real's validation examples as the builder gives them to
+  the source (images still encoded), with the label lists above."""
+  del args, kwargs
+  image = tf.io.encode_png(tf.zeros((4, 4, 3), tf.uint8))
+
+  def examples():
+    for i, labels in enumerate(REAL_LABELS):
+      yield {'image': image, 'real_label': np.array(labels, np.int64),
+             'label': np.int64(labels[0] if labels else 0),
+             'file_name': f'ILSVRC2012_val_{i:08d}.JPEG',
+             'tfds_id': f'imagenet2012_real-validation.tfrecord@1-{i}'}
+  return tf.data.Dataset.from_generator(examples, output_signature={
+      'image': tf.TensorSpec([], tf.string),
+      'real_label': tf.TensorSpec([None], tf.int64),
+      'label': tf.TensorSpec([], tf.int64),
+      'file_name': tf.TensorSpec([], tf.string),
+      'tfds_id': tf.TensorSpec([], tf.string)})
+
+
+def test_imagenet_real_label_lists_become_multi_hot_rows(tmp_path):
+  with tfds.testing.mock_data(as_dataset_fn=_real_examples,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
     source = sources.TfdsSource('imagenet2012_real', str(tmp_path),
                                 label_key='real_label')
     batch = next(pipeline.eval_batches(
         source, 'validation', pp='decode|resize(16)', batch_size=4)())
   assert batch['labels'].shape == (4, 1000) and batch['labels'].dtype == np.float32
-  assert set(np.unique(batch['labels'])) <= {0.0, 1.0}
+  rows = [sorted(np.flatnonzero(row).tolist()) for row in batch['labels']]
+  assert rows == REAL_LABELS + [[]]  # the fourth row pads the batch
+  assert batch['mask'].tolist() == [1, 1, 1, 0]
+  assert set(np.unique(batch['labels'])) == {0.0, 1.0}
 
 
 def test_missing_imagenet_says_where_to_put_it(tmp_path):

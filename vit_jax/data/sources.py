@@ -261,7 +261,9 @@ class TfdsSource:
     def convert(ex):
       label = ex[self.label_key]
       if self.multi_label:
-        label = tf.reduce_max(tf.one_hot(label, num_classes), axis=0)
+        # A sum, not a max: the max of an empty list (ReaL images that no
+        # rater labelled) is -inf.
+        label = tf.minimum(tf.reduce_sum(tf.one_hot(label, num_classes), axis=0), 1.0)
       else:
         label = tf.cast(label, tf.int32)
       return dict(image=ex[self.image_key], label=label, key=ex['tfds_id'])
