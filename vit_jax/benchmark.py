@@ -44,8 +44,8 @@ _SWEEP = flags.DEFINE_multi_string(
     'for the candidates in SWEEP_CANDIDATES): the same benchmark runs in a '
     'fresh process without, then with each flag added to XLA_FLAGS.')
 
-# XLA flags whose effect on the train step is measured with --sweep_xla_flag
-# (docs/benchmarks.md has the results). None are set by default.
+# XLA flags whose effect on the train step is measured with --sweep_xla_flag.
+# None are set by default.
 SWEEP_CANDIDATES = {
     'gpu': [
         # cuBLAS instead of Triton-generated kernels for matmuls.

@@ -84,9 +84,9 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   """softmax(q k^T / sqrt(d)) v on (batch, length, heads, head_dim) inputs.
 
   The inputs are put heads-major once and both products run as plain
-  batched matmuls over (batch, heads). On XLA:CPU this is faster than
+  batched matmuls over (batch, heads), rather than through
   jax.nn.dot_product_attention's XLA path, whose grouped-query reshapes put
-  transposes around every product (docs/benchmarks.md). Logits and softmax
+  transposes around every product. Logits and softmax
   are float32; probabilities go back to the input dtype for the second
   product. `dropout` is applied to the probabilities; `record` receives
   them (float32, (batch, heads, query, key)) before dropout.

@@ -204,8 +204,8 @@ class PatchEmbedding(nn.Module):
   The parameters are those of the released checkpoints' strided
   convolution (kernel (ph, pw, C, D), bias (D,)), with the same
   initializer and random stream, but the projection is computed as one
-  matmul over flattened patches: the same sums, and on XLA:CPU about half
-  the time of the convolution and its kernel gradient (docs/benchmarks.md).
+  matmul over flattened patches: the same sums without the convolution's
+  image transpose and kernel-gradient convolution.
   """
 
   features: int
