@@ -31,7 +31,7 @@ def test_sibling_loads_the_file_next_to_the_config_once(tmp_path):
 def test_entry_points_run_beside_a_users_own_configs_package(tmp_path):
   """From a directory whose own `configs/` package fails on import (and
   comes first on sys.path under `python -m`): pre-train, fine-tune,
-  few-shot, predict, summary and benchmark with the repository's configs."""
+  few-shot, predict and benchmark with the repository's configs."""
   (tmp_path / 'configs').mkdir()
   (tmp_path / 'configs' / '__init__.py').write_text(
       "raise ImportError('the user configs package was imported')\n")
@@ -54,6 +54,5 @@ def test_entry_points_run_beside_a_users_own_configs_package(tmp_path):
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'blank.png')
   out = run('vit_jax.predict', '--model=ft', '--images=blank.png', '--top_k=1')
   assert '1 images predicted, 0 unreadable' in out
-  run('vit_jax.summary', '--model=nano/2', '--image_size=8', '--num_classes=10')
   run('vit_jax.benchmark', '--config', configs / 'demo.py', '--steps=1',
       '--warmup=1', '--peer=none')
