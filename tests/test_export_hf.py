@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import build, init_params, randomize, tiny_model_config
-from vit_jax import checkpoints
+from vit_jax import hf_export
 
 LABELS = [f'class {i}' for i in range(10)]
 
@@ -20,7 +20,7 @@ def _exported(tmp_path, **overrides):
   config = tiny_model_config(**overrides)
   model = build(config, 10)
   params = randomize(init_params(model), scale=0.2)
-  checkpoints.save_hf(params, config, str(tmp_path / 'hf'), labels=LABELS,
+  hf_export.save_hf(params, config, str(tmp_path / 'hf'), labels=LABELS,
                       image_size=16)
   return model, params, tmp_path / 'hf'
 
@@ -58,8 +58,8 @@ def test_writes_a_transformers_vit_directory(tmp_path):
 def test_refuses_what_transformers_vit_cannot_express(tmp_path, overrides, why):
   config = tiny_model_config(**overrides)
   params = init_params(build(config, 10), image_shape=(1, 32, 32, 3))
-  with pytest.raises(checkpoints.ExportNotSupportedError, match=why):
-    checkpoints.save_hf(params, config, str(tmp_path / 'hf'))
+  with pytest.raises(hf_export.ExportNotSupportedError, match=why):
+    hf_export.save_hf(params, config, str(tmp_path / 'hf'))
   assert not (tmp_path / 'hf').exists()
 
 

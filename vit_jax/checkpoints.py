@@ -47,7 +47,7 @@ _BLOCK = re.compile(r'^(?P<prefix>.*Transformer/)encoderblock_(?P<index>\d+)/'
                     r'(?P<rest>.*)$')
 _STACKED_BLOCK = re.compile(r'^(?P<prefix>.*Transformer/)encoderblock/'
                             r'(?P<rest>.*)$')
-_NESTED_POSEMB = 'Transformer/posembed_input/pos_embedding'
+POSEMB = 'Transformer/posembed_input/pos_embedding'
 _CLASS_TOKEN = 'cls'
 # Children of big_vision's MAP head, once stored at the top level.
 _INLINED_MAP_HEAD = ('probe', 'MlpBlock_0', 'MultiHeadDotProductAttention_0',
@@ -184,7 +184,7 @@ def to_model_layout(flat: FlatParams, *, stacked: bool) -> FlatParams:
   if any('/MlpBlock_3/' in path for path in flat):
     flat = _rename_block_children(flat, _PRE_LINEN_BLOCK_NAMES)
   if 'pos_embedding' in flat:
-    flat[_NESTED_POSEMB] = flat.pop('pos_embedding')
+    flat[POSEMB] = flat.pop('pos_embedding')
   if 'probe' in flat:
     flat = {(f'MAPHead_0/{k}' if k.split('/')[0] in _INLINED_MAP_HEAD else k): v
             for k, v in flat.items()}
@@ -217,7 +217,7 @@ def add_class_token_row(flat: FlatParams, model_rows: int | None = None,
   own reader, a file whose rows minus one form a square grid already has
   the class row, and one whose rows form a square grid has not.
   """
-  posemb = flat.get(_NESTED_POSEMB)
+  posemb = flat.get(POSEMB)
   if posemb is None or _CLASS_TOKEN not in flat:
     return flat
   _, rows, width = np.shape(posemb)
@@ -227,7 +227,7 @@ def add_class_token_row(flat: FlatParams, model_rows: int | None = None,
     convert = is_square(rows) and not is_square(rows - 1)
   if convert:
     flat = dict(flat)
-    flat[_NESTED_POSEMB] = np.concatenate(
+    flat[POSEMB] = np.concatenate(
         [np.zeros((1, 1, width), np.asarray(posemb).dtype), posemb], axis=1)
     log(f'  converted big_vision class-token layout: pos_embedding '
         f'(1, {rows}, {width}) has no row for the class token; prepended a '
@@ -307,7 +307,7 @@ def fit_params(flat: FlatParams, reference_params: Params, *, source: str,
   reference = flatten_params(reference_params)
   stacked = any(_STACKED_BLOCK.match(k) for k in reference)
   flat = to_model_layout(flat, stacked=stacked)
-  model_posemb = reference.get(_NESTED_POSEMB)
+  model_posemb = reference.get(POSEMB)
   flat = add_class_token_row(
       flat, None if model_posemb is None else model_posemb.shape[1], log)
   return match_params(flat, reference_params, source=source)
@@ -329,8 +329,8 @@ def export_layout(params: Params, layout: str = 'vit_jax') -> FlatParams:
       {k: np.asarray(v) for k, v in flatten_params(_plain(params)).items()})
   if layout == 'vit_jax':
     return _rename_block_children(flat, _LINEN_TO_PRE_LINEN)
-  if _NESTED_POSEMB in flat:
-    flat['pos_embedding'] = flat.pop(_NESTED_POSEMB)
+  if POSEMB in flat:
+    flat['pos_embedding'] = flat.pop(POSEMB)
   return flat
 
 
@@ -341,158 +341,3 @@ def save_npz_params(params: Params, path: str, layout: str = 'vit_jax') -> None:
   file = epath.Path(path)
   file.parent.mkdir(parents=True, exist_ok=True)
   file.write_bytes(buffer.getvalue())
-
-
-class ExportNotSupportedError(UserError, ValueError):
-  """The model has a part the target format cannot express."""
-
-
-# GELU with the tanh approximation (Flax's default, our MLP's) in
-# transformers' activation table.
-_HF_ACTIVATION = 'gelu_pytorch_tanh'
-
-
-def hf_refusal(model_config) -> str | None:
-  """Why transformers' ViT cannot hold this model, or None."""
-  if model_config.get('resnet_layers') is not None:
-    return ('it is a hybrid (ResNet stem); transformers\' ViT has only the '
-            'patch embedding')
-  if model_config.get('classifier', 'token') != 'token':
-    return (f'its head pools with classifier={model_config.classifier!r}; '
-            f'ViTForImageClassification reads the class token (classifier '
-            f'"token")')
-  if model_config.get('representation_size') is not None:
-    return ('it has a representation layer (pre_logits, representation_size='
-            f'{model_config.representation_size}) that '
-            f'ViTForImageClassification lacks; fine-tune with '
-            f'representation_size=None or export the .npz')
-  return None
-
-
-def hf_state_dict(params: Params, model_config, image_size: int | None = None
-                  ) -> tuple[FlatParams, tuple[int, int]]:
-  """({transformers ViTForImageClassification name: array}, image size).
-
-  Names are the ones of the models on the Hugging Face hub (`vit.encoder.
-  layer.{i}.attention.attention.query.weight`, ...), which every
-  transformers version reads. A sincos2d position embedding becomes the
-  fixed table it is; the class token's row is zero, as in our model.
-  """
-  refusal = hf_refusal(model_config)
-  if refusal:
-    raise ExportNotSupportedError(
-        f'model {model_config.get("name", "")!r} cannot be exported for '
-        f'transformers: {refusal}.')
-  flat = unstack_encoder_blocks(
-      {k: np.asarray(v, np.float32) for k, v in flatten_params(_plain(params)).items()})
-  patch_h, patch_w = model_config.patch_size
-  width = model_config.hidden_size
-  if _NESTED_POSEMB in flat:
-    posemb = flat[_NESTED_POSEMB]
-    side = math.isqrt(posemb.shape[1] - 1)
-    if side * side != posemb.shape[1] - 1:
-      raise ExportNotSupportedError(
-          f'position embedding {posemb.shape} is not a square grid plus the '
-          f'class token; transformers\' ViT needs a square one.')
-    size = (side * patch_h, side * patch_w)
-  else:
-    from vit_jax.models.posemb import sincos2d_posemb  # pylint: disable=g-import-not-at-top
-    if image_size is None:
-      raise ExportNotSupportedError(
-          'a sincos2d position embedding has no parameter that tells the '
-          'image size; pass image_size=.')
-    size = (image_size, image_size)
-    grid = sincos2d_posemb(size[0] // patch_h, size[1] // patch_w, width)
-    posemb = np.concatenate([np.zeros((1, 1, width), np.float32),
-                             np.asarray(grid, np.float32)], axis=1)
-  out = {
-      'vit.embeddings.cls_token': flat['cls'],
-      'vit.embeddings.position_embeddings': posemb,
-      # (ph, pw, C, D) -> Conv2d's (D, C, ph, pw).
-      'vit.embeddings.patch_embeddings.projection.weight':
-          flat['embedding/kernel'].transpose(3, 2, 0, 1),
-      'vit.embeddings.patch_embeddings.projection.bias': flat['embedding/bias'],
-      'vit.layernorm.weight': flat['Transformer/encoder_norm/scale'],
-      'vit.layernorm.bias': flat['Transformer/encoder_norm/bias'],
-      'classifier.weight': flat['head/kernel'].T,
-      'classifier.bias': flat['head/bias'],
-  }
-  for i in range(model_config.num_layers):
-    ours = f'Transformer/encoderblock_{i}/'
-    theirs = f'vit.encoder.layer.{i}.'
-    attention = ours + 'MultiHeadDotProductAttention_0/'
-    for name in ('query', 'key', 'value'):
-      # (D, heads, head_dim) -> Linear's (heads * head_dim, D), heads major
-      # as transformers splits them.
-      out[f'{theirs}attention.attention.{name}.weight'] = (
-          flat[f'{attention}{name}/kernel'].reshape(width, -1).T)
-      out[f'{theirs}attention.attention.{name}.bias'] = (
-          flat[f'{attention}{name}/bias'].reshape(-1))
-    out[f'{theirs}attention.output.dense.weight'] = (
-        flat[f'{attention}out/kernel'].reshape(-1, width).T)
-    out[f'{theirs}attention.output.dense.bias'] = flat[f'{attention}out/bias']
-    for norm, hf_norm in (('LayerNorm_0', 'layernorm_before'),
-                          ('LayerNorm_1', 'layernorm_after')):
-      out[f'{theirs}{hf_norm}.weight'] = flat[f'{ours}{norm}/scale']
-      out[f'{theirs}{hf_norm}.bias'] = flat[f'{ours}{norm}/bias']
-    for dense, hf_dense in (('Dense_0', 'intermediate.dense'),
-                            ('Dense_1', 'output.dense')):
-      out[f'{theirs}{hf_dense}.weight'] = flat[f'{ours}MlpBlock_0/{dense}/kernel'].T
-      out[f'{theirs}{hf_dense}.bias'] = flat[f'{ours}MlpBlock_0/{dense}/bias']
-  return {k: np.ascontiguousarray(v) for k, v in out.items()}, size
-
-
-def save_hf(params: Params, model_config, out_dir: str,
-            labels: list[str] | None = None, image_size: int | None = None
-            ) -> None:
-  """Writes a Hugging Face transformers ViT directory: `config.json`,
-  `model.safetensors` and `preprocessor_config.json`, which
-  `ViTForImageClassification.from_pretrained(out_dir)` loads.
-
-  Covers plain ViTs with a class-token head (learned or sincos2d position
-  embedding, any patch size, square images); refuses hybrids, 'gap'/'map'
-  heads and a representation layer with ExportNotSupportedError. The
-  preprocessor maps pixels to [-1, 1] (mean 0.5, std 0.5), the range of our
-  pp ops' value_range default. `image_size` is needed only for sincos2d.
-  """
-  import json  # pylint: disable=g-import-not-at-top
-  from safetensors.numpy import save as safetensors_bytes  # pylint: disable=g-import-not-at-top
-  from vit_jax.models.vit import LAYER_NORM_EPS  # pylint: disable=g-import-not-at-top
-  tensors, size = hf_state_dict(params, model_config, image_size)
-  num_classes = tensors['classifier.bias'].shape[0]
-  labels = list(labels) if labels else [str(i) for i in range(num_classes)]
-  if len(labels) != num_classes:
-    raise ValueError(f'{len(labels)} labels for a head of {num_classes} classes.')
-  patch = tuple(model_config.patch_size)
-  config = {
-      'architectures': ['ViTForImageClassification'],
-      'model_type': 'vit',
-      'hidden_size': model_config.hidden_size,
-      'num_hidden_layers': model_config.num_layers,
-      'num_attention_heads': model_config.num_heads,
-      'intermediate_size': model_config.mlp_dim,
-      'hidden_act': _HF_ACTIVATION,
-      'hidden_dropout_prob': 0.0,
-      'attention_probs_dropout_prob': 0.0,
-      'layer_norm_eps': LAYER_NORM_EPS,
-      'image_size': size[0] if size[0] == size[1] else list(size),
-      'patch_size': patch[0] if patch[0] == patch[1] else list(patch),
-      'num_channels': 3,
-      'qkv_bias': True,
-      'id2label': {str(i): name for i, name in enumerate(labels)},
-      'label2id': {name: i for i, name in enumerate(labels)},
-      'torch_dtype': 'float32',
-  }
-  preprocessor = {
-      'image_processor_type': 'ViTImageProcessor',
-      'do_resize': True, 'size': {'height': size[0], 'width': size[1]},
-      'resample': 2, 'do_rescale': True, 'rescale_factor': 1 / 255,
-      'do_normalize': True, 'image_mean': [0.5] * 3, 'image_std': [0.5] * 3,
-  }
-  directory = epath.Path(out_dir)
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / 'model.safetensors').write_bytes(
-      safetensors_bytes(tensors, metadata={'format': 'pt'}))
-  (directory / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
-  (directory / 'preprocessor_config.json').write_text(
-      json.dumps(preprocessor, indent=2) + '\n')

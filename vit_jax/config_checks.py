@@ -9,7 +9,7 @@ still before the workdir is touched.
 import math
 from typing import Any
 
-from vit_jax import checkpoints, optim
+from vit_jax import checkpoints, hf_export, optim
 from vit_jax.models import resnet, vit
 from vit_jax.models.variants import get_model_config
 from vit_jax.sharding import resolve_mesh_shape
@@ -177,7 +177,7 @@ def check_export(export: str, model_config) -> None:
   for name in export_formats(export):
     _one_of('export', name, EXPORT_FORMATS)
   if 'hf' in export_formats(export):
-    refusal = checkpoints.hf_refusal(model_config)
+    refusal = hf_export.hf_refusal(model_config)
     if refusal:
       raise ConfigError(
           f'config.export={export!r}: the model cannot be exported for '

@@ -18,7 +18,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from vit_jax import checkpoints, config_checks, run_record, transfer
+from vit_jax import checkpoints, config_checks, hf_export, run_record, transfer
 from vit_jax import train as train_lib
 from vit_jax.preemption import EXIT_PREEMPTED, Preempted
 from vit_jax.user_errors import ConfigError, reported
@@ -58,7 +58,7 @@ def export(params, config, workdir: str) -> None:
   for name in config_checks.export_formats(config.export):
     if name == 'hf':
       path = f'{workdir}/hf'
-      checkpoints.save_hf(host, config.model, path, labels=labels,
+      hf_export.save_hf(host, config.model, path, labels=labels,
                           image_size=config.image_size)
       print(f'exported {path} (Hugging Face transformers ViT)')
     else:

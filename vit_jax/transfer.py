@@ -26,7 +26,7 @@ from vit_jax.models.variants import canonical_name
 from vit_jax.models import vit
 
 Params = Any
-POSEMB = 'Transformer/posembed_input/pos_embedding'
+POSEMB = checkpoints.POSEMB
 HEAD = ('head/kernel', 'head/bias')
 AUGREG_BUCKET = 'gs://vit_models/augreg'
 _AUGREG_NAME = re.compile(r'^(?:(?P<hybrid>R\w+)\+)?(?P<width>Ti|S|B|L|H)_(?P<patch>\d+)-i(1|21)k-')

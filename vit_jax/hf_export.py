@@ -1,0 +1,173 @@
+"""Export for PyTorch users: a Hugging Face transformers ViT directory
+(`config.json`, `model.safetensors`, `preprocessor_config.json`) that
+`ViTForImageClassification.from_pretrained` loads, with the weight names of
+the models on the hub.
+"""
+
+import json
+import math
+
+from etils import epath
+import flax.linen as nn
+import numpy as np
+
+from vit_jax import checkpoints
+from vit_jax.models.posemb import sincos2d_posemb
+from vit_jax.models.vit import LAYER_NORM_EPS
+from vit_jax.user_errors import UserError
+
+Params = checkpoints.Params
+FlatParams = checkpoints.FlatParams
+
+
+class ExportNotSupportedError(UserError, ValueError):
+  """The model has a part the target format cannot express."""
+
+
+# GELU with the tanh approximation (Flax's default, our MLP's) in
+# transformers' activation table.
+_HF_ACTIVATION = 'gelu_pytorch_tanh'
+
+
+def hf_refusal(model_config) -> str | None:
+  """Why transformers' ViT cannot hold this model, or None."""
+  if model_config.get('resnet_layers') is not None:
+    return ('it is a hybrid (ResNet stem); transformers\' ViT has only the '
+            'patch embedding')
+  if model_config.get('classifier', 'token') != 'token':
+    return (f'its head pools with classifier={model_config.classifier!r}; '
+            f'ViTForImageClassification reads the class token (classifier '
+            f'"token")')
+  if model_config.get('representation_size') is not None:
+    return ('it has a representation layer (pre_logits, representation_size='
+            f'{model_config.representation_size}) that '
+            f'ViTForImageClassification lacks; fine-tune with '
+            f'representation_size=None or export the .npz')
+  return None
+
+
+def hf_state_dict(params: Params, model_config, image_size: int | None = None
+                  ) -> tuple[FlatParams, tuple[int, int]]:
+  """({transformers ViTForImageClassification name: array}, image size).
+
+  Names are the ones of the models on the Hugging Face hub (`vit.encoder.
+  layer.{i}.attention.attention.query.weight`, ...), which every
+  transformers version reads. A sincos2d position embedding becomes the
+  fixed table it is; the class token's row is zero, as in our model.
+  """
+  refusal = hf_refusal(model_config)
+  if refusal:
+    raise ExportNotSupportedError(
+        f'model {model_config.get("name", "")!r} cannot be exported for '
+        f'transformers: {refusal}.')
+  flat = checkpoints.unstack_encoder_blocks(
+      {k: np.asarray(v, np.float32)
+       for k, v in checkpoints.flatten_params(nn.unbox(params)).items()})
+  patch_h, patch_w = model_config.patch_size
+  width = model_config.hidden_size
+  if checkpoints.POSEMB in flat:
+    posemb = flat[checkpoints.POSEMB]
+    if not checkpoints.is_square(posemb.shape[1] - 1):
+      raise ExportNotSupportedError(
+          f'position embedding {posemb.shape} is not a square grid plus the '
+          f'class token; transformers\' ViT needs a square one.')
+    side = math.isqrt(posemb.shape[1] - 1)
+    size = (side * patch_h, side * patch_w)
+  else:
+    if image_size is None:
+      raise ExportNotSupportedError(
+          'a sincos2d position embedding has no parameter that tells the '
+          'image size; pass image_size=.')
+    size = (image_size, image_size)
+    grid = sincos2d_posemb(size[0] // patch_h, size[1] // patch_w, width)
+    posemb = np.concatenate([np.zeros((1, 1, width), np.float32),
+                             np.asarray(grid, np.float32)], axis=1)
+  out = {
+      'vit.embeddings.cls_token': flat['cls'],
+      'vit.embeddings.position_embeddings': posemb,
+      # (ph, pw, C, D) -> Conv2d's (D, C, ph, pw).
+      'vit.embeddings.patch_embeddings.projection.weight':
+          flat['embedding/kernel'].transpose(3, 2, 0, 1),
+      'vit.embeddings.patch_embeddings.projection.bias': flat['embedding/bias'],
+      'vit.layernorm.weight': flat['Transformer/encoder_norm/scale'],
+      'vit.layernorm.bias': flat['Transformer/encoder_norm/bias'],
+      'classifier.weight': flat['head/kernel'].T,
+      'classifier.bias': flat['head/bias'],
+  }
+  for i in range(model_config.num_layers):
+    ours = f'Transformer/encoderblock_{i}/'
+    theirs = f'vit.encoder.layer.{i}.'
+    attention = ours + 'MultiHeadDotProductAttention_0/'
+    for name in ('query', 'key', 'value'):
+      # (D, heads, head_dim) -> Linear's (heads * head_dim, D), heads major
+      # as transformers splits them.
+      out[f'{theirs}attention.attention.{name}.weight'] = (
+          flat[f'{attention}{name}/kernel'].reshape(width, -1).T)
+      out[f'{theirs}attention.attention.{name}.bias'] = (
+          flat[f'{attention}{name}/bias'].reshape(-1))
+    out[f'{theirs}attention.output.dense.weight'] = (
+        flat[f'{attention}out/kernel'].reshape(-1, width).T)
+    out[f'{theirs}attention.output.dense.bias'] = flat[f'{attention}out/bias']
+    for norm, hf_norm in (('LayerNorm_0', 'layernorm_before'),
+                          ('LayerNorm_1', 'layernorm_after')):
+      out[f'{theirs}{hf_norm}.weight'] = flat[f'{ours}{norm}/scale']
+      out[f'{theirs}{hf_norm}.bias'] = flat[f'{ours}{norm}/bias']
+    for dense, hf_dense in (('Dense_0', 'intermediate.dense'),
+                            ('Dense_1', 'output.dense')):
+      out[f'{theirs}{hf_dense}.weight'] = flat[f'{ours}MlpBlock_0/{dense}/kernel'].T
+      out[f'{theirs}{hf_dense}.bias'] = flat[f'{ours}MlpBlock_0/{dense}/bias']
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}, size
+
+
+def save_hf(params: Params, model_config, out_dir: str,
+            labels: list[str] | None = None, image_size: int | None = None
+            ) -> None:
+  """Writes a Hugging Face transformers ViT directory: `config.json`,
+  `model.safetensors` and `preprocessor_config.json`, which
+  `ViTForImageClassification.from_pretrained(out_dir)` loads.
+
+  Covers plain ViTs with a class-token head (learned or sincos2d position
+  embedding, any patch size, square images); refuses hybrids, 'gap'/'map'
+  heads and a representation layer with ExportNotSupportedError. The
+  preprocessor maps pixels to [-1, 1] (mean 0.5, std 0.5), the range of our
+  pp ops' value_range default. `image_size` is needed only for sincos2d.
+  """
+  from safetensors.numpy import save as safetensors_bytes  # pylint: disable=g-import-not-at-top
+  tensors, size = hf_state_dict(params, model_config, image_size)
+  num_classes = tensors['classifier.bias'].shape[0]
+  labels = list(labels) if labels else [str(i) for i in range(num_classes)]
+  if len(labels) != num_classes:
+    raise ValueError(f'{len(labels)} labels for a head of {num_classes} classes.')
+  patch = tuple(model_config.patch_size)
+  config = {
+      'architectures': ['ViTForImageClassification'],
+      'model_type': 'vit',
+      'hidden_size': model_config.hidden_size,
+      'num_hidden_layers': model_config.num_layers,
+      'num_attention_heads': model_config.num_heads,
+      'intermediate_size': model_config.mlp_dim,
+      'hidden_act': _HF_ACTIVATION,
+      'hidden_dropout_prob': 0.0,
+      'attention_probs_dropout_prob': 0.0,
+      'layer_norm_eps': LAYER_NORM_EPS,
+      'image_size': size[0] if size[0] == size[1] else list(size),
+      'patch_size': patch[0] if patch[0] == patch[1] else list(patch),
+      'num_channels': 3,
+      'qkv_bias': True,
+      'id2label': {str(i): name for i, name in enumerate(labels)},
+      'label2id': {name: i for i, name in enumerate(labels)},
+      'torch_dtype': 'float32',
+  }
+  preprocessor = {
+      'image_processor_type': 'ViTImageProcessor',
+      'do_resize': True, 'size': {'height': size[0], 'width': size[1]},
+      'resample': 2, 'do_rescale': True, 'rescale_factor': 1 / 255,
+      'do_normalize': True, 'image_mean': [0.5] * 3, 'image_std': [0.5] * 3,
+  }
+  directory = epath.Path(out_dir)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / 'model.safetensors').write_bytes(
+      safetensors_bytes(tensors, metadata={'format': 'pt'}))
+  (directory / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
+  (directory / 'preprocessor_config.json').write_text(
+      json.dumps(preprocessor, indent=2) + '\n')
