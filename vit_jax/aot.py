@@ -16,11 +16,11 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-# The --config flag; importing JAX does not start a backend yet, so cpu-N
-# can still set the host device count below.
-from vit_jax.train import _CONFIG  # pylint: disable=g-bad-import-order
+# Importing JAX does not start a backend yet, so cpu-N can still set the
+# host device count below.
+from vit_jax import app
 
 _TOPOLOGY = flags.DEFINE_string(
     'topology', None, 'TPU topology (v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8) '
@@ -167,9 +167,8 @@ def format_report(r: dict) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  del argv
-  report = compile_report(_CONFIG.value, topology_devices(_TOPOLOGY.value))
+def main():
+  report = compile_report(app.CONFIG.value, topology_devices(_TOPOLOGY.value))
   print(json.dumps(report) if _JSON.value else format_report(report))
 
 
@@ -185,5 +184,5 @@ def _preset_cpu_devices(argv) -> None:
 
 if __name__ == '__main__':
   _preset_cpu_devices(sys.argv)
-  flags.mark_flags_as_required(['config', 'topology'])
-  app.run(main)
+  # Compiling for a topology needs no other process.
+  app.run(main, required=('config', 'topology'), distributed=False)

@@ -18,13 +18,12 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import metrics, sharding, step_profile, trainer
-from vit_jax.train import _CONFIG  # pylint: disable=g-bad-import-order
+from vit_jax import app, metrics, sharding, step_profile, trainer
 
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps after compiling.')
@@ -163,8 +162,8 @@ def sweep_xla_flags(candidates: list[str], argv: list[str]) -> list[dict]:
   return rows
 
 
-def main(argv):
-  config = _CONFIG.value
+def main():
+  config = app.CONFIG.value
   if _SWEEP.value:
     rows = sweep_xla_flags(_SWEEP.value, sys.argv)
     for row in rows:
@@ -178,7 +177,6 @@ def main(argv):
       with open(_OUTPUT.value, 'w') as f:
         json.dump(rows, f, indent=1)
     return
-  del argv
   result = benchmark(config, _STEPS.value, _WARMUP.value, _PROFILE.value)
   profile = result.pop('profile', None)
   if _PEER.value != 'none':
@@ -193,6 +191,8 @@ def main(argv):
         compile_model=compile_model))
     result['speedup_vs_peer'] = (result['peer_step_seconds_median'] /
                                  result['step_seconds_median'])
+  if not app.is_main_process():
+    return  # every process took part; one reports
   width = max(len(k) for k in result)
   for key, value in result.items():
     shown = f'{value:.4g}' if isinstance(value, float) else value
@@ -206,5 +206,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
   app.run(main)

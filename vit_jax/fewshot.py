@@ -10,20 +10,15 @@ table; with --workdir also writes the metrics to its metrics.jsonl and
 TensorBoard logs.
 """
 
-from absl import app, flags, logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax import checkpoints, metrics, platform, sharding, transfer
+from vit_jax import app, checkpoints, metrics, sharding, transfer
 from vit_jax.evaluators import fewshot
 from vit_jax.models import build_model
 from vit_jax.sharding import rules_of
-from vit_jax.user_errors import ConfigError, reported
-
-# The same --config and --workdir flags as training (one definition, so the
-# entry points can be imported together); --workdir is optional here.
-from vit_jax.train import _CONFIG, _WORKDIR  # pylint: disable=g-bad-import-order,wrong-import-position
+from vit_jax.user_errors import ConfigError
 
 
 def load_params(config, mesh):
@@ -43,12 +38,8 @@ def load_params(config, mesh):
       x.shape, replicated, lambda index, x=x: x[index]), host)
 
 
-@reported
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  platform.skip_absent_tpu()
-  config = _CONFIG.value
+def main():
+  config, workdir = app.CONFIG.value, app.WORKDIR.value
   if not config.init_from:
     raise ConfigError("config.init_from is empty: set --config.init_from to "
                       "a checkpoint, or 'random' for a randomly initialized "
@@ -63,12 +54,11 @@ def main(argv):
     print(f'few-shot accuracy of {config.init_from} (mean +- std over '
           f'{config.fewshot.seeds} seeds):')
     print(fewshot.format_table(results))
-  if _WORKDIR.value:
-    writer = metrics.MetricWriter(_WORKDIR.value)
+  if workdir:
+    writer = metrics.MetricWriter(workdir)
     writer.write(0, results)
     writer.close()
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -10,18 +10,14 @@ the workdir's own checkpoint. At the end the model is written as an
 official-layout .npz (`config.export`).
 """
 
-import sys
-
-from absl import app
 from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from vit_jax import checkpoints, config_checks, hf_export, run_record, transfer
-from vit_jax import train as train_lib
-from vit_jax.preemption import EXIT_PREEMPTED, Preempted
-from vit_jax.user_errors import ConfigError, reported
+from vit_jax import (app, checkpoints, config_checks, hf_export, run_record,
+                     train, transfer)
+from vit_jax.user_errors import ConfigError
 
 
 def pretrained_params(config, workdir=None, log=print):
@@ -69,23 +65,12 @@ def export(params, config, workdir: str) -> None:
       print(f'exported {path} ({name} layout)')
 
 
-@reported
-def main(argv):
-  del argv
-  config = train_lib._CONFIG.value  # pylint: disable=protected-access
-  workdir = train_lib._WORKDIR.value  # pylint: disable=protected-access
-  log = print if jax.process_index() == 0 else (lambda _: None)
-  try:
-    state, _ = train_lib.run(
-        pretrained=pretrained_params(config, workdir, log))
-  except Preempted as e:
-    print(e)
-    sys.exit(EXIT_PREEMPTED)
+def main():
+  config, workdir = app.CONFIG.value, app.WORKDIR.value
+  state, _ = train.run(pretrained=pretrained_params(config, workdir, app.console))
   if config.export:
     export(state['params'], config, workdir)
 
 
 if __name__ == '__main__':
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, required=('config', 'workdir'))

@@ -1,17 +1,16 @@
 """Training metrics: JSON lines, TensorBoard, console progress, img/s, MFU.
 
-Only process 0 writes. TensorBoard events need TensorFlow (imported here
-only, so the trainer runs where TensorFlow is absent, with JSON lines alone).
+Only process 0 writes.
 """
 
 import json
 import math
-import os
 import time
 from typing import Any, Mapping
 
 import jax
 
+from vit_jax import run_files, tensorboard_events
 from vit_jax.models.vit import num_prefix_tokens
 
 # Dense bf16 peak FLOP/s per device, by `device_kind` prefix.
@@ -76,41 +75,27 @@ def vit_forward_flops(model_config: Mapping[str, Any], image_size: int,
 
 
 class MetricWriter:
-  """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events."""
+  """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events in
+  `workdir/tb`, local or gs:// alike (see vit_jax/run_files.py)."""
 
   def __init__(self, workdir: str | None):
     self.active = workdir is not None and jax.process_index() == 0
-    self._jsonl = None
-    self._tb = None
     if not self.active:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-    try:
-      import tensorboard  # pylint: disable=g-import-not-at-top,unused-import
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.set_visible_devices([], 'GPU')
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tb'))
-      self._tf = tf
-    except ImportError:
-      print('TensorFlow or TensorBoard not installed: TensorBoard events '
-            'disabled; metrics still go to metrics.jsonl.')
+    workdir = str(workdir).rstrip('/')
+    self._jsonl = run_files.GrowingFile(f'{workdir}/metrics.jsonl')
+    self._tb = tensorboard_events.EventWriter(f'{workdir}/tb')
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.active:
       return
-    self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
+    self._jsonl.append((json.dumps({'step': step, **scalars}) + '\n').encode())
     self._jsonl.flush()
-    if self._tb is not None:
-      with self._tb.as_default():
-        for key, value in scalars.items():
-          self._tf.summary.scalar(key, value, step=step)
-      self._tb.flush()
+    self._tb.write(step, scalars)
 
   def close(self) -> None:
-    if self._jsonl is not None:
+    if self.active:
       self._jsonl.close()
-    if self._tb is not None:
       self._tb.close()
 
 

@@ -24,7 +24,7 @@ import re
 import sys
 from typing import NamedTuple
 
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -36,14 +36,13 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax import attention_maps, checkpoints, run_record, transfer
-from vit_jax import train as train_lib
+from vit_jax import app, attention_maps, checkpoints, run_record, transfer
 from vit_jax.data import inputs
 from vit_jax.data.sources import IMAGE_SUFFIXES
 from vit_jax.models import build_model
 from vit_jax.models.vit import num_prefix_tokens
 from vit_jax.models.variants import get_model_config
-from vit_jax.user_errors import UserError, reported
+from vit_jax.user_errors import UserError
 
 _MODEL = flags.DEFINE_string(
     'model', None, 'A workdir (DIR or DIR@STEP), an .npz file or an AugReg '
@@ -296,9 +295,7 @@ def write_records(records: list[dict], path: str, k: int) -> None:
   epath.Path(path).write_text(text)
 
 
-@reported
-def main(argv):
-  del argv
+def main():
   # Orbax warns about metadata it does not need for a read-only restore.
   logging.set_verbosity(logging.ERROR)
   if _OUTPUT.value and not _OUTPUT.value.endswith(('.jsonl', '.csv')):
@@ -306,7 +303,7 @@ def main(argv):
                     f'.jsonl or .csv.')
   if _TOP_K.value < 1:
     raise UserError(f'--top_k={_TOP_K.value}: expected a whole number >= 1.')
-  loaded = load_model(_MODEL.value, train_lib._CONFIG.value)  # pylint: disable=protected-access
+  loaded = load_model(_MODEL.value, app.CONFIG.value)
   paths = list_images(_IMAGES.value)
   print(f'{loaded.description}: {loaded.config.model.get("name", "")} at '
         f'{loaded.config.image_size}px, {len(loaded.labels)} classes; '
@@ -327,5 +324,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['model', 'images'])
-  app.run(main)
+  # Each host predicts its own files: no process group.
+  app.run(main, required=('model', 'images'), distributed=False)

@@ -1,21 +1,27 @@
-"""Stopping cleanly when the machine is taken away.
+"""Stopping cleanly when the machine is taken away or the user presses Ctrl-C.
 
-TPU VMs and SLURM send SIGTERM before a preemption. The train loop asks
-`should_stop(step)` after every step; when it says yes, every process is at
-the same step, the loop saves a checkpoint there and raises Preempted, and
-the entry point exits with EXIT_PREEMPTED. Rerunning the command resumes.
+TPU VMs and SLURM send SIGTERM before a preemption; a person at the
+terminal presses Ctrl-C (SIGINT). The train loop asks `should_stop(step)`
+after every step; when it says yes, every process is at the same step, the
+loop saves a checkpoint there and raises Preempted, and the entry point
+exits with EXIT_PREEMPTED. Rerunning the command resumes. A second Ctrl-C
+does not wait for the checkpoint: it raises KeyboardInterrupt at once.
 
-One process: a SIGTERM handler sets a flag. Several processes: JAX's
-coordination service records the signal and `reached_preemption_sync_point`
-makes all processes agree on the step.
+One process: the signal handlers set a flag. Several processes: JAX's
+coordination service records a SIGTERM and `reached_preemption_sync_point`
+makes all processes agree on the step; a Ctrl-C is turned into a SIGTERM to
+this process, so it takes the same agreed path.
 """
 
+import os
 import signal
+import sys
 import threading
 
 import jax
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a temporary failure; run again
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class Preempted(Exception):
@@ -29,31 +35,48 @@ class Preempted(Exception):
 
 class PreemptionWatcher:
   """`install()`, then `should_stop(step)` is True once a stop was asked;
-  `uninstall()` puts the previous SIGTERM handler back."""
+  `uninstall()` puts the previous handlers back. `reason` names the signal."""
 
   def __init__(self):
-    self._requested = False
-    self._previous = None
+    self.reason = None
+    self._previous = {}
     self._multihost = jax.process_count() > 1
 
-  def _handler(self, signum, frame):
+  def _on_sigterm(self, signum, frame):
     del signum, frame
-    self._requested = True
+    self.reason = self.reason or 'SIGTERM'
+
+  def _on_sigint(self, signum, frame):
+    del signum, frame
+    if self.reason == 'Ctrl-C':
+      raise KeyboardInterrupt
+    self.reason = 'Ctrl-C'
+    print('Ctrl-C: stopping at the next step with a checkpoint; press Ctrl-C '
+          'again to stop at once without one.', file=sys.stderr, flush=True)
+    if self._multihost:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's notifier agrees the step
 
   def install(self) -> 'PreemptionWatcher':
     # Signal handlers can only be installed from the main thread; elsewhere
-    # (e.g. a notebook worker thread) preemption is not watched.
-    if not self._multihost and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    # (e.g. a notebook worker thread) stops are not watched.
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
+    if not self._multihost:  # else JAX's preemption notifier owns SIGTERM
+      self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM,
+                                                     self._on_sigterm)
     return self
 
   def uninstall(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
 
   def should_stop(self, step: int) -> bool:
     if self._multihost:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return bool(multihost_utils.reached_preemption_sync_point(step))
-    return self._requested
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.reason = self.reason or 'SIGTERM'
+        return True
+      return False
+    return self.reason is not None

@@ -4,38 +4,36 @@
       [--dtype=bfloat16] [--scan] [--params]
 """
 
-import argparse
 import time
 
+from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import app
 from vit_jax.models.variants import get_model_config, known_names
 from vit_jax.checkpoints import flatten_params
 from vit_jax.models import build_model
 
 
-def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--model', default='B/16',
-                      help=f'variant name, one of {known_names()} or any '
-                      '<width>/<patch>')
-  parser.add_argument('--image_size', type=int, default=224)
-  parser.add_argument('--num_classes', type=int, default=1000,
-                      help='0 builds a feature extractor without a head')
-  parser.add_argument('--batch_size', type=int, default=2)
-  parser.add_argument('--dtype', default='float32')
-  parser.add_argument('--scan', action='store_true',
-                      help='run the encoder as one scanned layer')
-  parser.add_argument('--params', action='store_true',
-                      help='also list every parameter with its shape')
-  return parser.parse_args(argv)
+def define_flags():
+  """This command's flags, defined when it runs (`--model` means something
+  else to vit_jax.predict, which may be imported beside it)."""
+  flags.DEFINE_string('model', 'B/16', f'variant name, one of {known_names()} '
+                      'or any <width>/<patch>')
+  flags.DEFINE_integer('image_size', 224, 'Input resolution.')
+  flags.DEFINE_integer('num_classes', 1000,
+                       '0 builds a feature extractor without a head.')
+  flags.DEFINE_integer('batch_size', 2, 'Images in the forward pass.')
+  flags.DEFINE_string('dtype', 'float32', 'Compute dtype.')
+  flags.DEFINE_bool('scan', False, 'Run the encoder as one scanned layer.')
+  flags.DEFINE_bool('params', False, 'Also list every parameter with its shape.')
 
 
-def main(argv=None):
-  args = parse_args(argv)
+def main():
+  args = flags.FLAGS
   config = get_model_config(args.model)
   config.dtype = args.dtype
   config.scan = args.scan
@@ -69,4 +67,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main, required=(), distributed=False)

@@ -9,69 +9,16 @@ Multi-host: on TPU VMs and under SLURM `jax.distributed` configures itself
 and --process_id to every process.
 """
 
-import os
-import sys
-
-from absl import app, flags, logging
 import jax
-from ml_collections import config_flags
 
-from vit_jax import (config_checks, derived_config, platform, run_record,
+from vit_jax import (app, config_checks, derived_config, run_record,
                      sharding, trainer)
-from vit_jax.preemption import EXIT_PREEMPTED, Preempted
 from vit_jax.data import inputs
-from vit_jax.user_errors import reported
-
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, optionally with an argument string: '
-    'configs/pretrain.py:model=B/16,dataset=imagenet2012.', lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Directory (local or gs://) for checkpoints and logs.')
-_DISTRIBUTED = flags.DEFINE_enum(
-    'distributed', 'auto', ['auto', 'on', 'off'],
-    'Call jax.distributed.initialize: auto = when a cluster is detected or a '
-    'coordinator address is given.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
-                                   'host:port of process 0 (multi-host only).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Process count.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
-_HEARTBEAT = flags.DEFINE_integer(
-    'heartbeat_timeout', 60, 'Seconds without a heartbeat after which a '
-    'process counts as dead and every other process stops (non-zero exit) '
-    'instead of waiting in a collective.')
-
-# Environment variables that mean "this is one process of a cluster" for
-# jax.distributed's own auto-detection.
-_CLUSTER_ENV = ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
-                'OMPI_COMM_WORLD_SIZE', 'JAX_COORDINATOR_ADDRESS')
-
-
-def initialize_distributed() -> None:
-  explicit = _COORDINATOR.value is not None
-  wanted = _DISTRIBUTED.value == 'on' or (
-      _DISTRIBUTED.value == 'auto' and
-      (explicit or any(os.environ.get(k) for k in _CLUSTER_ENV)))
-  if not wanted:
-    return
-  kwargs = dict(heartbeat_timeout_seconds=_HEARTBEAT.value)
-  if explicit:
-    kwargs.update(coordinator_address=_COORDINATOR.value,
-                  num_processes=_NUM_PROCESSES.value,
-                  process_id=_PROCESS_ID.value)
-  # CPU-only clusters (tests, debugging) need a cross-process collective
-  # backend; accelerators ignore this setting.
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(**kwargs)
 
 
 def run(pretrained=None):
   """Trains `--config` in `--workdir`; shared with the fine-tune entry point."""
-  # Orbax logs every save step at INFO; progress lines are printed instead.
-  logging.set_verbosity(logging.WARNING)
-  platform.skip_absent_tpu()
-  initialize_distributed()
-  config = _CONFIG.value
-  log = print if jax.process_index() == 0 else (lambda _: None)
+  config, workdir, log = app.CONFIG.value, app.WORKDIR.value, app.console
   # Everything the user typed is checked before the data is opened, then
   # again with the derived values filled in, before the workdir is touched.
   config_checks.check_config(config, jax.device_count())
@@ -86,10 +33,10 @@ def run(pretrained=None):
       f'{config.total_steps} steps')
   train_data, eval_data = inputs.make_inputs(config, source)
   if jax.process_index() == 0:
-    trainer.check_writable(_WORKDIR.value)
-    run_record.write(_WORKDIR.value, config, run_record.class_names(
+    trainer.check_writable(workdir)
+    run_record.write(workdir, config, run_record.class_names(
         source, config.num_classes))
-  return trainer.train(config, _WORKDIR.value, train_data=train_data,
+  return trainer.train(config, workdir, train_data=train_data,
                        eval_data=eval_data, pretrained=pretrained,
                        evaluators=fewshot_evaluators(config, log), log=log)
 
@@ -122,16 +69,9 @@ def fewshot_evaluators(config, log):
   return make
 
 
-@reported
-def main(argv):
-  del argv
-  try:
-    run()
-  except Preempted as e:
-    print(e)
-    sys.exit(EXIT_PREEMPTED)
+def main():
+  run()
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, required=('config', 'workdir'))

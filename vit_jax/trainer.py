@@ -387,7 +387,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
         _check_finite(state)
         checkpointer.save(step, state, train_data.get_state())
       if stop:
-        log(f'stop requested (SIGTERM): checkpoint at step {step}; rerun to resume')
+        log(f'stop requested ({watcher.reason}): checkpoint at step {step}; '
+            f'rerun to resume')
         raise Preempted(step)
   finally:
     watcher.uninstall()

@@ -1,15 +1,11 @@
 """Errors in what the user typed or pointed at, and how entry points show them.
 
 A user error's message names the bad value, what was expected and the fix.
-Entry points print it as one `error: ` line on stderr and exit with status
+Entry points (vit_jax/app.py) print it as one `error: ` line on stderr and exit with status
 2, without a traceback; every other exception keeps its traceback.
 `UserError` is a plain marker base, so errors that are also OSErrors (a
 dataset or checkpoint that is not there) can carry it too.
 """
-
-import functools
-import sys
-from typing import Callable
 
 EXIT_USER_ERROR = 2
 
@@ -20,15 +16,3 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
   """A config value that cannot work; raised before anything is written."""
-
-
-def reported(main: Callable) -> Callable:
-  """Wraps an entry point's main: user errors become one line and exit 2."""
-  @functools.wraps(main)
-  def wrapper(*args, **kwargs):
-    try:
-      return main(*args, **kwargs)
-    except UserError as e:
-      print(f'error: {e}', file=sys.stderr, flush=True)
-      sys.exit(EXIT_USER_ERROR)
-  return wrapper

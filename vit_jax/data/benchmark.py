@@ -8,14 +8,15 @@ pipeline for each op string and thread count: images/s and images/s per
 thread, after a warm-up pass.
 """
 
-import argparse
 import os
 import tempfile
 import time
 
+from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from vit_jax import app
 from vit_jax.data import pipeline, sources
 
 PIPELINES = {
@@ -51,26 +52,29 @@ def time_pipeline(source, pp: str, threads: int, batch: int, batches: int) -> fl
   return batches * batch / (time.perf_counter() - start)
 
 
+def define_flags():
+  flags.DEFINE_integer('images', 512, 'JPEGs to write and read.')
+  flags.DEFINE_integer('batch', 64, 'Batch size.')
+  flags.DEFINE_integer('batches', 24, 'Timed batches.')
+  flags.DEFINE_list('threads', ['1', '2'], 'Thread counts to time.')
+  flags.DEFINE_list('pipelines', list(PIPELINES), 'Op strings to time.')
+
+
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--images', type=int, default=512)
-  parser.add_argument('--batch', type=int, default=64)
-  parser.add_argument('--batches', type=int, default=24)
-  parser.add_argument('--threads', default='1,2')
-  parser.add_argument('--pipelines', default=','.join(PIPELINES))
-  args = parser.parse_args()
+  args = flags.FLAGS
   with tempfile.TemporaryDirectory() as root:
     write_jpegs(root, args.images)
     source = sources.FolderSource(root)
     print(f'{args.images} JPEGs, batch {args.batch}, {os.cpu_count()} CPUs, '
           f'TensorFlow {tf.__version__}')
     print(f'{"pipeline":<16}{"threads":>8}{"img/s":>10}{"img/s/thread":>14}')
-    for name in args.pipelines.split(','):
-      for threads in (int(t) for t in args.threads.split(',')):
+    for name in args.pipelines:
+      for threads in (int(t) for t in args.threads):
         rate = time_pipeline(source, PIPELINES[name], threads, args.batch,
                              args.batches)
         print(f'{name:<16}{threads:>8}{rate:>10.0f}{rate / threads:>14.0f}')
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main, required=(), distributed=False)

@@ -139,13 +139,20 @@ class FewshotEvaluator:
       self.datasets[name] = (source.num_classes, passes)
 
   def features(self, params, batches) -> tuple[np.ndarray, np.ndarray]:
-    feats, labels = [], []
+    """Features and labels in the split's own order, whatever the process
+    count: process p reads the p-th contiguous part of the split, and a
+    global batch holds the processes' local batches in process order."""
+    processes = jax.process_count()
+    feats = [[] for _ in range(processes)]
+    labels = [[] for _ in range(processes)]
     for host_batch in batches():
       out = self.feature_fn(params, sharding.global_batch(host_batch, self.mesh))
-      f, y, m = (_host(o) for o in out)
-      feats.append(f[m > 0])
-      labels.append(y[m > 0])
-    return np.concatenate(feats), np.concatenate(labels)
+      f, y, m = (_host(o).reshape(processes, -1, *o.shape[1:]) for o in out)
+      for p in range(processes):
+        feats[p].append(f[p][m[p] > 0])
+        labels[p].append(y[p][m[p] > 0])
+    return (np.concatenate([x for part in feats for x in part]),
+            np.concatenate([x for part in labels for x in part]))
 
   def __call__(self, params) -> dict[str, float]:
     metrics = {}

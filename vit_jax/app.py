@@ -1,0 +1,219 @@
+"""The front door of every entry point.
+
+`app.run(main)` defines nothing new per entry point: the shared flags live
+here once (`--config`, `--workdir`, the multi-process flags), and before
+`main` runs, in this order: logging is set up, a host without a TPU is kept
+off libtpu, `jax.distributed` is initialized (before anything starts a JAX
+backend), and one host's failure is made to end every host. `main`'s
+outcome becomes the exit status:
+
+- a user error (`user_errors.UserError`): one line `error: ...` on stderr,
+  exit 2, no traceback;
+- a stop at a checkpoint (SIGTERM, or the first Ctrl-C): exit 75, rerun to
+  resume; a second Ctrl-C aborts at once (exit 130);
+- anything else keeps its traceback (exit 1); with several processes the
+  others are told and exit within seconds instead of waiting in a
+  collective.
+"""
+
+import errno
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Callable, Sequence
+
+from absl import app as absl_app
+from absl import flags, logging
+from ml_collections import config_flags
+
+from vit_jax import platform
+from vit_jax.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
+from vit_jax.user_errors import EXIT_USER_ERROR, UserError
+
+CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, optionally with an argument string: '
+    'configs/pretrain.py:model=B/16,dataset=imagenet2012.', lock_config=True)
+WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Directory (local or gs://) for checkpoints and logs.')
+DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'auto', ['auto', 'on', 'off'],
+    'Call jax.distributed.initialize: auto = when a cluster is detected or a '
+    'coordinator address is given.')
+COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                  'host:port of process 0 (multi-host only).')
+NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Process count.')
+PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
+HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout', 60, 'Seconds without a heartbeat after which a '
+    'process counts as dead and every other process stops (non-zero exit) '
+    'instead of waiting in a collective.')
+CONNECT_TIMEOUT = flags.DEFINE_integer(
+    'initialization_timeout', 300, 'Seconds a process waits for all others '
+    'to reach the coordinator at start-up.')
+
+# Environment variables that mean "this is one process of a cluster" for
+# jax.distributed's own auto-detection.
+_CLUSTER_ENV = ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
+                'OMPI_COMM_WORLD_SIZE', 'JAX_COORDINATOR_ADDRESS')
+# The coordination-service key under which a failing process leaves its
+# message for the others.
+_FAILURE_KEY = 'vit_jax/failure'
+_FAILURE_POLL_SECONDS = 0.5
+
+
+def is_main_process() -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
+def console(message: str) -> None:
+  """Progress for the person at the terminal: process 0 only."""
+  if is_main_process():
+    print(message, flush=True)
+
+
+def initialize_distributed() -> None:
+  """`jax.distributed.initialize` when this is one process of several:
+  with --coordinator_address given, or on a detected cluster (TPU VM pod,
+  SLURM, Open MPI), or with --distributed=on."""
+  import jax  # pylint: disable=g-import-not-at-top
+  explicit = COORDINATOR.value is not None
+  wanted = DISTRIBUTED.value == 'on' or (
+      DISTRIBUTED.value == 'auto' and
+      (explicit or any(os.environ.get(k) for k in _CLUSTER_ENV)))
+  if not wanted:
+    return
+  kwargs = dict(heartbeat_timeout_seconds=HEARTBEAT.value,
+                initialization_timeout=CONNECT_TIMEOUT.value)
+  if explicit:
+    kwargs.update(coordinator_address=COORDINATOR.value,
+                  num_processes=NUM_PROCESSES.value,
+                  process_id=PROCESS_ID.value)
+    if PROCESS_ID.value == 0:
+      check_port_free(COORDINATOR.value)
+  # CPU-only clusters (tests, debugging) need a cross-process collective
+  # backend; accelerators ignore this setting.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  try:
+    jax.distributed.initialize(**kwargs)
+  except Exception as e:  # pylint: disable=broad-except
+    if not explicit:
+      raise
+    raise UserError(
+        f'could not start the {NUM_PROCESSES.value} processes through the '
+        f'coordinator at {COORDINATOR.value} within {CONNECT_TIMEOUT.value} s '
+        f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); start every '
+        f'process with the same --coordinator_address and --num_processes '
+        f'and a distinct --process_id, with process 0 on that host.') from None
+  if jax.process_count() > 1:
+    _watch_for_failures()
+
+
+def check_port_free(address: str) -> None:
+  """A coordinator port taken by another program otherwise crashes process
+  0 inside the coordination service, with no word about the port."""
+  host, _, port = address.rpartition(':')
+  try:
+    port = int(port)
+  except ValueError:
+    raise UserError(f'--coordinator_address={address!r}: expected HOST:PORT, '
+                    f'e.g. 10.0.0.2:1234.') from None
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    try:
+      probe.bind(('', port))
+    except OSError as e:
+      if e.errno != errno.EADDRINUSE:
+        raise
+      raise UserError(
+          f'coordinator port {port} (--coordinator_address={address}) is '
+          f'already in use on this host, by another run or another program; '
+          f'stop it or pass a free port to every process.') from None
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client
+
+
+def _watch_for_failures() -> None:
+  """A daemon thread that ends this process as soon as another one reports
+  a failure (heartbeats only catch processes that died)."""
+  client = _client()
+
+  def watch():
+    while True:
+      time.sleep(_FAILURE_POLL_SECONDS)
+      try:
+        message = client.key_value_try_get(_FAILURE_KEY)
+      except Exception:  # pylint: disable=broad-except
+        continue  # not set yet
+      print(f'error: stopping: {message}', file=sys.stderr, flush=True)
+      os._exit(1)  # pylint: disable=protected-access
+  threading.Thread(target=watch, daemon=True, name='failure-watch').start()
+
+
+def _report_failure(message: str) -> None:
+  """Tells the other processes, then gives them time to read it before this
+  process (maybe the coordinator) goes away."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    _client().key_value_set(
+        _FAILURE_KEY, f'process {jax.process_index()} failed: {message}')
+  except Exception:  # pylint: disable=broad-except
+    return  # another process reported first, or the service is gone
+  time.sleep(4 * _FAILURE_POLL_SECONDS)
+
+
+def _multiprocess() -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client is not None and jax.process_count() > 1
+
+
+def _exit(code: int) -> None:
+  """With several processes, skip the interpreter's exit (jax.distributed's
+  shutdown barrier would wait for processes that are not coming)."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  if code and _multiprocess():
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
+
+
+def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
+        distributed: bool = True) -> None:
+  """Parses flags and runs `main()` with the start-up and exits above."""
+
+  def start(argv):
+    if len(argv) > 1:
+      raise absl_app.UsageError(f'unexpected arguments {argv[1:]}')
+    # Orbax logs every save step at INFO; progress is printed by `console`.
+    logging.set_verbosity(logging.WARNING)
+    try:
+      platform.skip_absent_tpu()
+      if distributed:
+        initialize_distributed()
+      main()
+    except UserError as e:
+      print(f'error: {e}', file=sys.stderr, flush=True)
+      if _multiprocess():
+        _report_failure(str(e))
+      _exit(EXIT_USER_ERROR)
+    except Preempted as e:
+      console(str(e))
+      _exit(EXIT_PREEMPTED)
+    except KeyboardInterrupt:
+      print('interrupted: stopped without saving', file=sys.stderr, flush=True)
+      _exit(EXIT_INTERRUPTED)
+    except Exception as e:  # pylint: disable=broad-except
+      traceback.print_exc()
+      if _multiprocess():
+        _report_failure(f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
+                        if str(e) else type(e).__name__)
+      _exit(1)
+
+  flags.mark_flags_as_required(list(required))
+  absl_app.run(start)
