@@ -113,8 +113,7 @@ class NoTensorFlow:
 sys.meta_path.insert(0, NoTensorFlow())
 sys.argv = ['benchmark', '--config', 'configs/demo.py', '--config.batch_size=8',
             '--steps=1', '--warmup=1']
-from absl import app
-from vit_jax import benchmark
+from vit_jax import app, benchmark
 app.run(benchmark.main)
 '''
   out = subprocess.run([sys.executable, '-c', script], cwd=ROOT,

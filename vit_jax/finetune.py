@@ -67,9 +67,9 @@ def export(params, config, workdir: str) -> None:
 
 def main():
   config, workdir = app.CONFIG.value, app.WORKDIR.value
-  state, _ = train.run(pretrained=pretrained_params(config, workdir, app.console))
-  if config.export:
-    export(state['params'], config, workdir)
+  train.run(pretrained=pretrained_params(config, workdir, app.console),
+            finish=(lambda state: export(state['params'], config, workdir))
+            if config.export else None)
 
 
 if __name__ == '__main__':

@@ -9,15 +9,18 @@ Multi-host: on TPU VMs and under SLURM `jax.distributed` configures itself
 and --process_id to every process.
 """
 
+import contextlib
+
 import jax
 
 from vit_jax import (app, config_checks, derived_config, run_record,
-                     sharding, trainer)
+                     sharding, trainer, workdir_lock)
 from vit_jax.data import inputs
 
 
-def run(pretrained=None):
-  """Trains `--config` in `--workdir`; shared with the fine-tune entry point."""
+def run(pretrained=None, finish=None):
+  """Trains `--config` in `--workdir`; shared with the fine-tune entry point,
+  whose `finish(state)` (the export) runs while the workdir is still held."""
   config, workdir, log = app.CONFIG.value, app.WORKDIR.value, app.console
   # Everything the user typed is checked before the data is opened, then
   # again with the derived values filled in, before the workdir is touched.
@@ -32,13 +35,20 @@ def run(pretrained=None):
       f'dataset {config.dataset}, batch {config.batch_size}, '
       f'{config.total_steps} steps')
   train_data, eval_data = inputs.make_inputs(config, source)
-  if jax.process_index() == 0:
+  main = jax.process_index() == 0
+  if main:
     trainer.check_writable(workdir)
-    run_record.write(workdir, config, run_record.class_names(
-        source, config.num_classes))
-  return trainer.train(config, workdir, train_data=train_data,
-                       eval_data=eval_data, pretrained=pretrained,
-                       evaluators=fewshot_evaluators(config, log), log=log)
+  with workdir_lock.held(workdir, log) if main else contextlib.nullcontext():
+    if main:
+      run_record.write(workdir, config, run_record.class_names(
+          source, config.num_classes))
+    state, history = trainer.train(
+        config, workdir, train_data=train_data, eval_data=eval_data,
+        pretrained=pretrained, evaluators=fewshot_evaluators(config, log),
+        log=log)
+    if finish:
+      finish(state)
+  return state, history
 
 
 def drop_inapplicable_probes(config, log) -> None:

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from vit_jax.checkpoints import absolute_path
+from vit_jax.user_errors import UserError
 
 
 class StateCheckpointer:
@@ -26,6 +27,8 @@ class StateCheckpointer:
     directory = epath.Path(absolute_path(workdir)) / 'checkpoints'
     self._directory = directory
     self._save_every = save_every
+    self._saving = None  # the step of the last save started
+    self._checked = None  # the step of the last save checked for errors
     self._manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(
@@ -47,9 +50,33 @@ class StateCheckpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict[str, Any]) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state)))
+    self.check_saved()  # the previous save's failure, before a new one
+    self._saving = step
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_state)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e) from e
+
+  def check_saved(self) -> None:
+    """Raises CheckpointSaveError as soon as a background save has failed
+    (orbax would say so only at the next save)."""
+    if self._saving is None or self._checked == self._saving:
+      return
+    if self._manager.is_saving_in_progress():
+      return
+    self._checked = self._saving
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e) from e
+
+  def _save_error(self, error: BaseException) -> 'CheckpointSaveError':
+    return CheckpointSaveError(
+        f'saving the checkpoint of step {self._saving} to {self._directory} '
+        f'failed: {root_cause(error)}; free space or fix access there, then '
+        f'rerun to resume from the last saved checkpoint.')
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Restores onto the shardings of `abstract_state`
@@ -64,7 +91,10 @@ class StateCheckpointer:
     """(step, state, data state) of the newest checkpoint that restores, or
     None when there is none. A damaged checkpoint (a write cut short,
     missing or truncated files) is reported and moved aside to
-    `<step>.damaged`, never deleted, and the previous one is tried."""
+    `<step>.damaged`, never deleted, and the previous one is tried. With
+    several processes that takes every process failing to read it: one
+    that reads it while another cannot means an access problem on that
+    host, not damage, and the run stops with that host's error."""
     for step in sorted(self._manager.all_steps(), reverse=True):
       self._check_param_shapes(step, abstract_state)
       try:
@@ -72,9 +102,11 @@ class StateCheckpointer:
         return step, state, data_state
       except Exception as e:  # pylint: disable=broad-except
         reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        reason = f'{type(e).__name__}: {reason}'
+        agree_damaged(step, reason, self._directory)
         log(f'checkpoint at step {step} in {self._directory} cannot be '
-            f'restored ({type(e).__name__}: {reason}); keeping it as '
-            f'{step}.damaged and trying the previous one')
+            f'restored ({reason}); keeping it as {step}.damaged and trying '
+            f'the previous one')
         self._set_aside(step)
     return None
 
@@ -119,6 +151,58 @@ class StateCheckpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class CheckpointSaveError(UserError):
+  """A checkpoint could not be written (disk full, no permission, ...)."""
+
+
+def root_cause(error: BaseException) -> str:
+  """The first OSError in the chain of causes (e.g. `[Errno 28] No space
+  left on device`), else the innermost error, as one line."""
+  seen, queue, last = set(), [error], error
+  while queue:
+    e = queue.pop(0)
+    if id(e) in seen:
+      continue
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.strerror:
+      return f'{type(e).__name__}: [Errno {e.errno}] {e.strerror}'
+    last = e
+    queue += [c for c in (e.__cause__, e.__context__) if c is not None]
+    queue += list(getattr(e, 'exceptions', ()))
+  text = str(last).splitlines()[0][:300] if str(last) else ''
+  return f'{type(last).__name__}: {text}' if text else type(last).__name__
+
+
+# How long a process that cannot read a checkpoint waits to hear whether the
+# others could not either (they all read the same files at the same time).
+AGREE_SECONDS = 60
+
+
+class CheckpointUnreadableError(RuntimeError):
+  """Some processes read a checkpoint that others cannot."""
+
+
+def agree_damaged(step: int, reason: str, directory) -> None:
+  """Returns once every process has failed to restore `step`; raises
+  CheckpointUnreadableError if any did not within AGREE_SECONDS (it read the
+  checkpoint and waits in orbax's restore barrier)."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  key = f'vit_jax/restore_failed/{step}'
+  client.key_value_set(f'{key}/{jax.process_index()}', reason)
+  for process in range(jax.process_count()):
+    try:
+      client.blocking_key_value_get(f'{key}/{process}', AGREE_SECONDS * 1000)
+    except Exception:  # pylint: disable=broad-except
+      raise CheckpointUnreadableError(
+          f'process {jax.process_index()} cannot read the checkpoint at step '
+          f'{step} in {directory} ({reason}), but process {process} did not '
+          f'fail on it: the checkpoint is left as it is (not set aside). '
+          f'Check that this host can read the workdir, then rerun.') from None
 
 
 class CheckpointConfigError(ValueError):

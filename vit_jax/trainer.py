@@ -386,6 +386,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
       if saving:
         _check_finite(state)
         checkpointer.save(step, state, train_data.get_state())
+      elif checkpointer is not None:
+        checkpointer.check_saved()
       if stop:
         log(f'stop requested ({watcher.reason}): checkpoint at step {step}; '
             f'rerun to resume')

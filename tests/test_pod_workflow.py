@@ -1,0 +1,78 @@
+"""The pod workflow against a local storage emulator (fake-gcs-server), as a
+user runs it: two processes with a gs:// workdir, one SIGKILLed and the
+job rerun, then fine-tuning and few-shot evaluation from the bucket on two
+processes. Every file lands in the bucket; none on the local disk."""
+
+import json
+import os
+import signal
+
+import numpy as np
+
+from conftest import (ROOT, finish, run_module, start_processes,
+                      wait_for_line)
+from vit_jax import checkpoints, transfer
+
+DEMO = os.path.join(ROOT, 'configs', 'demo.py')
+PRETRAIN = ['--config', DEMO, '--config.total_steps=24',
+            '--config.checkpoint_steps=8', '--config.log_steps=4',
+            '--config.eval_steps=24', '--config.schedule.warmup_steps=4',
+            '--config.fewshot.log_steps=24']
+
+
+def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
+    storage_emulator, tmp_path):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **storage_emulator.env}
+  here = tmp_path / 'cwd'  # every process runs here; nothing may land in it
+  here.mkdir()
+  run = lambda module, *args, logs: finish(start_processes(
+      module, *args, logs=tmp_path / logs, env=env, cwd=here), tmp_path / logs)
+
+  run('vit_jax.train', *PRETRAIN, '--workdir=gs://bucket/straight',
+      logs='straight')
+
+  procs = start_processes('vit_jax.train', *PRETRAIN, '--workdir=gs://bucket/run',
+                          '--heartbeat_timeout=10', logs=tmp_path / 'killed',
+                          env=env, cwd=here)
+  wait_for_line(tmp_path / 'killed' / '0.out', 'step 12/24', proc=procs[0])
+  procs[1].send_signal(signal.SIGKILL)
+  for proc in procs:
+    proc.wait(timeout=300)
+  assert procs[0].returncode != 0  # the survivor stops; it does not hang
+  assert 'run/checkpoints/8/' in ' '.join(storage_emulator.objects('run/'))
+
+  resumed = run('vit_jax.train', *PRETRAIN, '--workdir=gs://bucket/run',
+                logs='resumed')[0]
+  assert 'resumed from step 8 in gs://bucket/run' in resumed
+  straight = transfer.read_orbax_params('gs://bucket/straight')
+  again = transfer.read_orbax_params('gs://bucket/run')
+  assert straight.keys() == again.keys()
+  for key in straight:
+    np.testing.assert_array_equal(again[key], straight[key], err_msg=key)
+
+  names = storage_emulator.objects('run/')
+  assert {'run/metrics.jsonl', 'run/config.json', 'run/labels.txt'} <= set(names)
+  events = [n for n in names if n.startswith('run/tb/events.out.tfevents.')]
+  assert len(events) == 2  # one per launch of process 0
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  lines = [json.loads(l) for l in
+           epath.Path('gs://bucket/run/metrics.jsonl').read_text().splitlines()]
+  assert lines[-1]['step'] == 24 and lines[-1]['eval/accuracy_examples'] == 360
+
+  run('vit_jax.finetune', '--config',
+      f'{ROOT}/configs/finetune.py:model=nano/2,dataset=digits,batch_size=64',
+      '--config.init_from=gs://bucket/run', '--config.image_size=8',
+      '--config.pp_train=', '--config.pp_eval=', '--config.total_steps=8',
+      '--config.schedule.warmup_steps=2', '--config.eval_steps=8',
+      '--workdir=gs://bucket/ft', logs='finetune')
+  exported = checkpoints.read_npz('gs://bucket/ft/finetuned.npz')
+  assert exported['head/kernel'].shape == (64, 10)
+
+  probe = run('vit_jax.fewshot', '--config',
+              f'{ROOT}/configs/fewshot.py:model=nano/2,dataset=digits,image_size=8',
+              '--config.init_from=gs://bucket/ft/finetuned.npz',
+              '--workdir=gs://bucket/fewshot',
+              logs='fewshot')[0]
+  assert 'few-shot accuracy of gs://bucket/ft/finetuned.npz' in probe
+  assert storage_emulator.objects('fewshot/metrics.jsonl') == ['fewshot/metrics.jsonl']
+  assert list(here.iterdir()) == []
