@@ -7,6 +7,7 @@ import json
 import os
 import signal
 
+from etils import epath
 import numpy as np
 
 from conftest import (ROOT, finish, run_module, start_processes,
@@ -54,25 +55,35 @@ def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
   assert {'run/metrics.jsonl', 'run/config.json', 'run/labels.txt'} <= set(names)
   events = [n for n in names if n.startswith('run/tb/events.out.tfevents.')]
   assert len(events) == 2  # one per launch of process 0
-  from etils import epath  # pylint: disable=g-import-not-at-top
   lines = [json.loads(l) for l in
            epath.Path('gs://bucket/run/metrics.jsonl').read_text().splitlines()]
   assert lines[-1]['step'] == 24 and lines[-1]['eval/accuracy_examples'] == 360
 
-  run('vit_jax.finetune', '--config',
-      f'{ROOT}/configs/finetune.py:model=nano/2,dataset=digits,batch_size=64',
-      '--config.init_from=gs://bucket/run', '--config.image_size=8',
-      '--config.pp_train=', '--config.pp_eval=', '--config.total_steps=8',
-      '--config.schedule.warmup_steps=2', '--config.eval_steps=8',
-      '--workdir=gs://bucket/ft', logs='finetune')
+  finetune = ['--config',
+              f'{ROOT}/configs/finetune.py:model=nano/2,dataset=digits,batch_size=64',
+              '--config.init_from=gs://bucket/run', '--config.image_size=8',
+              '--config.pp_train=', '--config.pp_eval=', '--config.total_steps=8',
+              '--config.schedule.warmup_steps=2', '--config.eval_steps=8']
+  run('vit_jax.finetune', *finetune, '--workdir=gs://bucket/ft', logs='finetune')
   exported = checkpoints.read_npz('gs://bucket/ft/finetuned.npz')
   assert exported['head/kernel'].shape == (64, 10)
+  # One process computes what the two computed.
+  run_module('vit_jax.finetune', *finetune, f'--workdir={tmp_path / "ft1"}',
+             env=env, cwd=here)
+  alone = checkpoints.read_npz(str(tmp_path / 'ft1' / 'finetuned.npz'))
+  assert alone.keys() == exported.keys()
+  for key in alone:
+    np.testing.assert_allclose(exported[key], alone[key], atol=1e-5, err_msg=key)
 
-  probe = run('vit_jax.fewshot', '--config',
-              f'{ROOT}/configs/fewshot.py:model=nano/2,dataset=digits,image_size=8',
-              '--config.init_from=gs://bucket/ft/finetuned.npz',
-              '--workdir=gs://bucket/fewshot',
-              logs='fewshot')[0]
-  assert 'few-shot accuracy of gs://bucket/ft/finetuned.npz' in probe
+  probe = ['--config', f'{ROOT}/configs/fewshot.py:model=nano/2,dataset=digits,image_size=8',
+           '--config.init_from=gs://bucket/ft/finetuned.npz']
+  out = run('vit_jax.fewshot', *probe, '--workdir=gs://bucket/fewshot',
+            logs='fewshot')[0]
+  assert 'few-shot accuracy of gs://bucket/ft/finetuned.npz' in out
   assert storage_emulator.objects('fewshot/metrics.jsonl') == ['fewshot/metrics.jsonl']
+  two = epath.Path('gs://bucket/fewshot/metrics.jsonl').read_text().splitlines()
+  run_module('vit_jax.fewshot', *probe, f'--workdir={tmp_path / "fewshot1"}',
+             env=env, cwd=here)
+  one = (tmp_path / 'fewshot1' / 'metrics.jsonl').read_text().splitlines()
+  assert len(two) == 1 and json.loads(two[0]) == json.loads(one[0])
   assert list(here.iterdir()) == []

@@ -29,7 +29,7 @@ from absl import app as absl_app
 from absl import flags, logging
 from ml_collections import config_flags
 
-from vit_jax import platform
+from vit_jax import platform, train_checkpoints
 from vit_jax.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
 from vit_jax.user_errors import EXIT_USER_ERROR, UserError
 
@@ -110,6 +110,9 @@ def initialize_distributed() -> None:
         f'and a distinct --process_id, with process 0 on that host.') from None
   if jax.process_count() > 1:
     _watch_for_failures()
+    # A process that cannot read a checkpoint waits this long to hear
+    # whether the others could not either.
+    train_checkpoints.AGREE_SECONDS = HEARTBEAT.value
 
 
 def check_port_free(address: str) -> None:
@@ -141,30 +144,38 @@ def _client():
 def _watch_for_failures() -> None:
   """A daemon thread that ends this process as soon as another one reports
   a failure (heartbeats only catch processes that died)."""
-  client = _client()
 
   def watch():
     while True:
       time.sleep(_FAILURE_POLL_SECONDS)
-      try:
-        message = client.key_value_try_get(_FAILURE_KEY)
-      except Exception:  # pylint: disable=broad-except
-        continue  # not set yet
+      message = _reported_failure()
+      if message is None:
+        continue
       print(f'error: stopping: {message}', file=sys.stderr, flush=True)
       os._exit(1)  # pylint: disable=protected-access
   threading.Thread(target=watch, daemon=True, name='failure-watch').start()
 
 
+def _reported_failure() -> str | None:
+  try:
+    return _client().key_value_try_get(_FAILURE_KEY)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
 def _report_failure(message: str) -> None:
-  """Tells the other processes, then gives them time to read it before this
-  process (maybe the coordinator) goes away."""
+  """Tells the other processes. The coordination service lives in process
+  0: from there, the others get time to read the message before it goes;
+  any other process leaves at once (once process 0 has read the message
+  and exited, the service is gone and JAX would abort this one)."""
   import jax  # pylint: disable=g-import-not-at-top
   try:
     _client().key_value_set(
         _FAILURE_KEY, f'process {jax.process_index()} failed: {message}')
   except Exception:  # pylint: disable=broad-except
     return  # another process reported first, or the service is gone
-  time.sleep(4 * _FAILURE_POLL_SECONDS)
+  if jax.process_index() == 0:
+    time.sleep(4 * _FAILURE_POLL_SECONDS)
 
 
 def _multiprocess() -> bool:
@@ -209,6 +220,12 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
       print('interrupted: stopped without saving', file=sys.stderr, flush=True)
       _exit(EXIT_INTERRUPTED)
     except Exception as e:  # pylint: disable=broad-except
+      reported = _reported_failure() if _multiprocess() else None
+      if reported:
+        # A collective broke because another process failed first: its
+        # message is the cause, this traceback only the consequence.
+        print(f'error: stopping: {reported}', file=sys.stderr, flush=True)
+        _exit(1)
       traceback.print_exc()
       if _multiprocess():
         _report_failure(f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'

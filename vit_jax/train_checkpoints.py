@@ -185,24 +185,38 @@ class CheckpointUnreadableError(RuntimeError):
 
 
 def agree_damaged(step: int, reason: str, directory) -> None:
-  """Returns once every process has failed to restore `step`; raises
-  CheckpointUnreadableError if any did not within AGREE_SECONDS (it read the
-  checkpoint and waits in orbax's restore barrier)."""
+  """Returns once every process has failed to restore `step`. Raises
+  CheckpointUnreadableError when one did not fail within AGREE_SECONDS (it
+  read the checkpoint and waits for this one in a collective of the
+  restore), and leaves a verdict for the others: when this process leaves,
+  their restore breaks too, and that must not count as damage."""
   if jax.process_count() == 1:
     return
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   client = distributed.global_state.client
   key = f'vit_jax/restore_failed/{step}'
-  client.key_value_set(f'{key}/{jax.process_index()}', reason)
+  verdict_key = f'vit_jax/restore_unreadable/{step}'
+  me = jax.process_index()
+  client.key_value_set(f'{key}/{me}', reason)
   for process in range(jax.process_count()):
     try:
       client.blocking_key_value_get(f'{key}/{process}', AGREE_SECONDS * 1000)
     except Exception:  # pylint: disable=broad-except
-      raise CheckpointUnreadableError(
-          f'process {jax.process_index()} cannot read the checkpoint at step '
-          f'{step} in {directory} ({reason}), but process {process} did not '
-          f'fail on it: the checkpoint is left as it is (not set aside). '
-          f'Check that this host can read the workdir, then rerun.') from None
+      message = (
+          f'process {me} cannot read the checkpoint at step {step} in '
+          f'{directory} ({reason}), but process {process} did not fail on it: '
+          f'the checkpoint is left as it is (not set aside). Check that this '
+          f'host can read the workdir, then rerun.')
+      try:
+        client.key_value_set(verdict_key, message)
+      except Exception:  # pylint: disable=broad-except
+        pass  # another process gave the verdict first
+      raise CheckpointUnreadableError(message) from None
+  try:
+    verdict = client.key_value_try_get(verdict_key)
+  except Exception:  # pylint: disable=broad-except
+    return  # no verdict: every process failed to read it
+  raise CheckpointUnreadableError(verdict)
 
 
 class CheckpointConfigError(ValueError):

@@ -1,0 +1,196 @@
+"""What a pod user meets when something goes wrong, on real processes: a
+busy coordinator port, a second run on a live workdir, an error on one
+host, a checkpoint one host cannot read, Ctrl-C."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from conftest import (ROOT, finish, free_port, run_module, start_processes,
+                      wait_for_line)
+from vit_jax import transfer
+
+DEMO = ['--config', os.path.join(ROOT, 'configs', 'demo.py'),
+        '--config.log_steps=2', '--config.schedule.warmup_steps=2',
+        '--config.fewshot.log_steps=100000']
+ENV = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+
+
+def one_error_line(stderr):
+  lines = [l for l in stderr.splitlines() if l.startswith('error: ')]
+  assert len(lines) == 1 and 'Traceback' not in stderr, stderr[-3000:]
+  return lines[0]
+
+
+def start(*args, log):
+  with open(log, 'w') as out:
+    return subprocess.Popen([sys.executable, '-m', 'vit_jax.train', *map(str, args)],
+                            cwd=ROOT, env=ENV, stdout=out,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_busy_coordinator_port_is_named(tmp_path):
+  with socket.socket() as taken:
+    taken.bind(('127.0.0.1', 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    out = run_module('vit_jax.train', *DEMO, f'--workdir={tmp_path / "run"}',
+                     f'--coordinator_address=127.0.0.1:{port}',
+                     '--num_processes=2', '--process_id=0', check=False)
+  assert out.returncode == 2
+  assert one_error_line(out.stderr) == (
+      f'error: coordinator port {port} (--coordinator_address=127.0.0.1:{port}) '
+      f'is already in use on this host, by another run or another program; '
+      f'stop it or pass a free port to every process.')
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_live_workdir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path):
+  workdir = tmp_path / 'run'
+  first = start(*DEMO, f'--workdir={workdir}', log=tmp_path / 'first.out')
+  wait_for_line(tmp_path / 'first.out', 'step 2/', proc=first)
+  before = sorted(p.name for p in workdir.iterdir())
+  second = run_module('vit_jax.train', *DEMO, f'--workdir={workdir}', check=False)
+  assert second.returncode == 2
+  line = one_error_line(second.stderr)
+  assert line.startswith(f'error: workdir {workdir} is in use by another run '
+                         f'(process {first.pid} on host {socket.gethostname()}')
+  assert sorted(p.name for p in workdir.iterdir()) == before
+  first.kill()
+  first.wait()
+  third = run_module('vit_jax.train', *DEMO, f'--workdir={workdir}',
+                     '--config.total_steps=2')
+  assert (f'taking over the lock of a run that is no longer alive (process '
+          f'{first.pid}') in third.stdout
+  assert not (workdir / 'lock.json').exists()  # released at the end
+
+
+def _folder_with_a_corrupt_image_for_process_1(root):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split in ('train', 'test'):
+    for name in ('a', 'b'):
+      (root / split / name).mkdir(parents=True)
+      for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), np.uint8)).save(
+            root / split / name / f'{i}.jpg')
+  # Files are split in sorted order: the last belongs to process 1.
+  (root / 'train' / 'b' / 'zz.jpg').write_bytes(b'not a jpeg')
+
+
+def test_an_error_on_one_host_ends_every_host_within_seconds(tmp_path):
+  _folder_with_a_corrupt_image_for_process_1(tmp_path / 'images')
+  procs = start_processes(
+      'vit_jax.train', '--config',
+      f'configs/pretrain.py:model=nano/2,dataset=folder:{tmp_path / "images"},batch_size=8',
+      '--config.image_size=8', '--config.pp_train=decode|resize(8)',
+      '--config.pp_eval=decode|resize(8)', '--config.total_steps=50',
+      '--config.schedule.warmup_steps=2',
+      f'--workdir={tmp_path / "run"}', logs=tmp_path / 'logs', env=ENV)
+  ended = {}
+  deadline = time.time() + 300
+  while len(ended) < 2 and time.time() < deadline:
+    for i, proc in enumerate(procs):
+      if i not in ended and proc.poll() is not None:
+        ended[i] = time.time()
+    time.sleep(0.1)
+  finish(procs, tmp_path / 'logs', check=False)
+  errors = [(tmp_path / 'logs' / f'{i}.err').read_text() for i in range(2)]
+  assert procs[1].returncode == 2
+  cause = one_error_line(errors[1])
+  assert "cannot decode or preprocess image" in cause and 'zz.jpg' in cause
+  assert procs[0].returncode != 0
+  assert f'error: stopping: process 1 failed: {cause[len("error: "):]}' in errors[0]
+  # Far sooner than the heartbeat timeout (60 s) would have stopped it.
+  assert ended[0] - ended[1] < 10
+
+
+def test_a_checkpoint_one_host_cannot_read_is_left_as_it_is(tmp_path):
+  """Process 1 sees a truncated copy of the newest checkpoint (as a host
+  with a stale or broken view of the workdir would): it must not be taken
+  for damage, nor set aside, and both processes stop with its message."""
+  args = [*DEMO, '--workdir=run', '--config.total_steps=4',
+          '--config.checkpoint_steps=2', '--config.async_checkpoints=False',
+          '--config.mesh.data=2']
+  host0, host1 = tmp_path / 'host0', tmp_path / 'host1'
+  host0.mkdir()
+  env = {**ENV, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  run_module('vit_jax.train', *args, cwd=host0, env=env)
+  shutil.copytree(host0 / 'run', host1 / 'run')
+  for f in (host1 / 'run' / 'checkpoints' / '4' / 'state').rglob('*'):
+    if f.is_file() and f.parent.name == 'd':
+      f.write_bytes(f.read_bytes()[:10])
+  port = free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'vit_jax.train', *args, '--config.total_steps=6',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+       f'--process_id={i}', '--heartbeat_timeout=10'],
+      cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i, cwd in enumerate((host0, host1))]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for i, (out, err) in enumerate(outs):
+    (tmp_path / f'{i}.out').write_text(out)
+    (tmp_path / f'{i}.err').write_text(err)
+  assert procs[1].returncode == 1 and procs[0].returncode != 0, (
+      outs[0][1][-3000:], outs[1][1][-3000:])
+  assert ('cannot read the checkpoint at step 4' in outs[1][1] and
+          'the checkpoint is left as it is (not set aside)' in outs[1][1])
+  assert 'error: stopping: process 1 failed: CheckpointUnreadableError' in outs[0][1]
+  for host in (host0, host1):
+    names = sorted(p.name for p in (host / 'run' / 'checkpoints').iterdir())
+    assert names == ['2', '4'], (host, names)
+
+
+def test_ctrl_c_saves_where_it_stopped_and_the_rerun_is_exact(tmp_path):
+  args = [*DEMO, '--config.total_steps=60', '--config.checkpoint_steps=1000']
+  run_module('vit_jax.train', *args, f'--workdir={tmp_path / "straight"}')
+  workdir = tmp_path / 'interrupted'
+  proc = start(*args, f'--workdir={workdir}', log=tmp_path / 'out')
+  wait_for_line(tmp_path / 'out', 'step 10/', proc=proc)
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 75, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  assert 'Ctrl-C: stopping at the next step with a checkpoint' in stderr
+  out = (tmp_path / 'out').read_text()
+  stop = [l for l in out.splitlines() if l.startswith('stop requested (Ctrl-C)')][0]
+  step = int(stop.split('checkpoint at step ')[1].split(';')[0])
+  assert 10 <= step < 60
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == [str(step)]
+  resumed = run_module('vit_jax.train', *args, f'--workdir={workdir}')
+  assert f'resumed from step {step}' in resumed.stdout
+  straight = transfer.read_orbax_params(str(tmp_path / 'straight'))
+  again = transfer.read_orbax_params(str(workdir))
+  for key in straight:
+    np.testing.assert_array_equal(again[key], straight[key], err_msg=key)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint():
+  """The first Ctrl-C asks for a stop at the next step; the second raises
+  at once, and the front door turns that into one line and exit 130."""
+  script = """
+import os, signal
+from vit_jax import app
+from vit_jax.preemption import PreemptionWatcher
+def main():
+  watcher = PreemptionWatcher().install()
+  os.kill(os.getpid(), signal.SIGINT)
+  print('after the first:', watcher.should_stop(1), watcher.reason, flush=True)
+  os.kill(os.getpid(), signal.SIGINT)
+  print('not reached', flush=True)
+app.run(main, required=())
+"""
+  out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 130
+  assert out.stdout == 'after the first: True Ctrl-C\n'
+  assert out.stderr.strip().splitlines() == [
+      'Ctrl-C: stopping at the next step with a checkpoint; press Ctrl-C '
+      'again to stop at once without one.',
+      'interrupted: stopped without saving']
