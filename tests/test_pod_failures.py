@@ -194,3 +194,28 @@ app.run(main, required=())
       'Ctrl-C: stopping at the next step with a checkpoint; press Ctrl-C '
       'again to stop at once without one.',
       'interrupted: stopped without saving']
+
+
+def _limit_file_size():
+  """A disk that fills up, for this process only: writes past 200 kB fail
+  with EFBIG instead of killing it (the checkpoint's data file is larger;
+  the run's logs are smaller)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+
+def test_a_failed_save_is_reported_when_it_fails_in_one_line(tmp_path):
+  workdir = tmp_path / 'run'
+  out = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.train', *DEMO, f'--workdir={workdir}',
+       '--config.total_steps=100', '--config.checkpoint_steps=10'],
+      cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+      preexec_fn=_limit_file_size)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1] == (
+      f'error: saving the checkpoint of step 10 to {workdir}/checkpoints '
+      f'failed: OSError: [Errno 27] File too large; free space or fix access '
+      f'there, then rerun to resume from the last saved checkpoint.')
+  # Reported once the background save ended, not at the next save (step 20).
+  assert 'step 10/100' in out.stdout and 'step 20/100' not in out.stdout

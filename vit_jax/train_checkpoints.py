@@ -6,6 +6,8 @@ rng) and the input pipeline's position, so a resumed run replays nothing
 and skips nothing.
 """
 
+import os
+import re
 from typing import Any
 
 import jax
@@ -50,33 +52,35 @@ class StateCheckpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict[str, Any]) -> None:
-    self.check_saved()  # the previous save's failure, before a new one
-    self._saving = step
+    self.check_saved()
+    previous, self._saving = self._saving, step
     try:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           data=ocp.args.JsonSave(data_state)))
     except Exception as e:  # pylint: disable=broad-except
-      raise self._save_error(e) from e
+      # orbax first waits for the previous save: an error there is its.
+      failed = previous if previous not in (None, self._checked) else step
+      raise self._save_error(e, failed) from e
 
   def check_saved(self) -> None:
-    """Raises CheckpointSaveError as soon as a background save has failed
-    (orbax would say so only at the next save)."""
+    """Raises CheckpointSaveError as soon as a background save has ended in
+    failure (orbax would raise it only at the next save, one interval on)."""
     if self._saving is None or self._checked == self._saving:
       return
     if self._manager.is_saving_in_progress():
       return
     self._checked = self._saving
     try:
-      self._manager.check_for_errors()
+      self._manager.wait_until_finished()  # it has: returns or raises at once
     except Exception as e:  # pylint: disable=broad-except
-      raise self._save_error(e) from e
+      raise self._save_error(e, self._saving) from e
 
-  def _save_error(self, error: BaseException) -> 'CheckpointSaveError':
+  def _save_error(self, error: BaseException, step: int) -> 'CheckpointSaveError':
     return CheckpointSaveError(
-        f'saving the checkpoint of step {self._saving} to {self._directory} '
-        f'failed: {root_cause(error)}; free space or fix access there, then '
-        f'rerun to resume from the last saved checkpoint.')
+        f'saving the checkpoint of step {step} to {self._directory} failed: '
+        f'{root_cause(error)}; free space or fix access there, then rerun to '
+        f'resume from the last saved checkpoint.')
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Restores onto the shardings of `abstract_state`
@@ -171,8 +175,13 @@ def root_cause(error: BaseException) -> str:
     last = e
     queue += [c for c in (e.__cause__, e.__context__) if c is not None]
     queue += list(getattr(e, 'exceptions', ()))
-  text = str(last).splitlines()[0][:300] if str(last) else ''
-  return f'{type(last).__name__}: {text}' if text else type(last).__name__
+  text = str(last).splitlines()[0] if str(last) else ''
+  # TensorStore reports an OS error as text: '... [os_error_code=28]'.
+  code = re.search(r"os_error_code='?(\d+)", text)
+  if code:
+    number = int(code.group(1))
+    return f'OSError: [Errno {number}] {os.strerror(number)}'
+  return f'{type(last).__name__}: {text[:300]}' if text else type(last).__name__
 
 
 # How long a process that cannot read a checkpoint waits to hear whether the
