@@ -1,5 +1,7 @@
-"""Shared helpers for the test suite: tiny models, parameter utilities,
-real image folders, and running an entry point in its own process."""
+"""The test suite's one helpers module: tiny models and configs, parameter
+utilities, real image folders, entry points and the tiny training job in
+their own processes (one or several, as one distributed job), and a local
+storage emulator. No test imports another test file."""
 
 import json
 import os
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vit_jax import checkpoints
 from vit_jax.models.variants import get_model_config
 from vit_jax.models import build_model
 
@@ -226,3 +229,117 @@ def make_photo_folder(root, train_per_class=30, test_per_class=10, seed=0):
         Image.fromarray(half[top:top + h, left:left + w]).save(
             folder / f'{i}.jpg', quality=90)
   return root
+
+
+# The tiny training job (tests/tiny_training.py) in its own process: the
+# device count, several hosts and kills are the caller's.
+
+TINY_TRAINING = os.path.join(os.path.dirname(__file__), 'tiny_training.py')
+
+
+def env_with_devices(count):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={count}'
+  env['JAX_PLATFORMS'] = 'cpu'
+  return env
+
+
+def run_tiny(options, workdir=None, devices=1, timeout=300):
+  args = [sys.executable, TINY_TRAINING, json.dumps(options)]
+  if workdir:
+    args.append(str(workdir))
+  out = subprocess.run(args, env=env_with_devices(devices), capture_output=True,
+                       text=True, timeout=timeout)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return summary_of(out.stdout)
+
+
+def start_tiny(options, workdir=None, devices=1, stderr=subprocess.DEVNULL):
+  """The tiny training job as a running process with its stdout piped."""
+  args = [sys.executable, TINY_TRAINING, json.dumps(options)]
+  if workdir:
+    args.append(str(workdir))
+  return subprocess.Popen(args, env=env_with_devices(devices),
+                          stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def start_two_processes(options, workdir=None, stderr=subprocess.DEVNULL):
+  """Two processes with 4 CPU devices each, coordinated on a free port."""
+  port = free_port()
+  return [start_tiny({**options, 'coordinator': f'127.0.0.1:{port}', 'process_id': i},
+                workdir, devices=4, stderr=stderr) for i in range(2)]
+
+
+def read_until_step(proc, step, timeout=240):
+  """Consumes the process's output up to its 'step <step>/' line."""
+  deadline = time.time() + timeout
+  for line in proc.stdout:
+    if line.startswith(f'step {step}/'):
+      return
+    assert time.time() < deadline
+  raise AssertionError(f'the process ended before step {step}')
+
+
+def summary_of(stdout):
+  line = [l for l in stdout.splitlines() if l.startswith('SUMMARY ')][-1]
+  return json.loads(line[len('SUMMARY '):])
+
+
+def vit_b16_reference_tree(num_classes=1000):
+  """REFERENCE.md section 2 for ViT-B/16, in Linen block numbering."""
+  d, mlp, heads, head_dim = 768, 3072, 12, 64
+  tree = {
+      'cls': (1, 1, d),
+      'embedding/kernel': (16, 16, 3, d),
+      'embedding/bias': (d,),
+      'Transformer/posembed_input/pos_embedding': (1, 197, d),
+      'Transformer/encoder_norm/scale': (d,),
+      'Transformer/encoder_norm/bias': (d,),
+      'head/kernel': (d, num_classes),
+      'head/bias': (num_classes,),
+  }
+  for i in range(12):
+    block = f'Transformer/encoderblock_{i}'
+    for ln in ('LayerNorm_0', 'LayerNorm_1'):
+      tree[f'{block}/{ln}/scale'] = (d,)
+      tree[f'{block}/{ln}/bias'] = (d,)
+    attention = f'{block}/MultiHeadDotProductAttention_0'
+    for proj in ('query', 'key', 'value'):
+      tree[f'{attention}/{proj}/kernel'] = (d, heads, head_dim)
+      tree[f'{attention}/{proj}/bias'] = (heads, head_dim)
+    tree[f'{attention}/out/kernel'] = (heads, head_dim, d)
+    tree[f'{attention}/out/bias'] = (d,)
+    tree[f'{block}/MlpBlock_0/Dense_0/kernel'] = (d, mlp)
+    tree[f'{block}/MlpBlock_0/Dense_0/bias'] = (mlp,)
+    tree[f'{block}/MlpBlock_0/Dense_1/kernel'] = (mlp, d)
+    tree[f'{block}/MlpBlock_0/Dense_1/bias'] = (d,)
+  return tree
+
+
+def spread_kernel(shape, rng, low=-4., high=-1.):
+  """A kernel whose output channels have standard deviations spread evenly
+  (in log) over 10**low..10**high, in random order, and non-zero means."""
+  scales = rng.permutation(np.logspace(low, high, shape[-1]))
+  return (rng.standard_normal(shape) * scales
+          + rng.standard_normal(shape[-1]) * scales).astype(np.float32)
+
+
+def with_spread_kernels(params, seed=0):
+  """Every StdConv kernel (4-D, not the patch embedding) made spread."""
+  rng = np.random.default_rng(seed)
+  return checkpoints.unflatten_params({
+      k: (spread_kernel(v.shape, rng)
+          if np.ndim(v) == 4 and not k.startswith('embedding/') else v)
+      for k, v in checkpoints.flatten_params(params).items()})
+
+
+def hybrid_config(**overrides):
+  """One ResNet stage (conv_root, gn_root, block1/unit1 with conv_proj) and
+  1x1 patches on the stem's output."""
+  return tiny_model_config(resnet_layers=(1,), patch_size=(1, 1), **overrides)
+
+
+def spread_hybrid_params(model, size=32):
+  # Every leaf is replaced, so only the shapes of an init are needed.
+  return with_spread_kernels(randomize(abstract_params(model, (1, size, size, 3)),
+                                       scale=0.2))

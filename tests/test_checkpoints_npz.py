@@ -7,7 +7,7 @@ import pytest
 
 from vit_jax.models.variants import get_model_config
 from conftest import abstract_params, build, init_params, randomize, tiny_model_config
-from test_vit_structure import vit_b16_reference_tree
+from conftest import vit_b16_reference_tree
 from vit_jax import checkpoints
 from vit_jax.models import build_model
 

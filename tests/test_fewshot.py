@@ -12,7 +12,7 @@ from sklearn.linear_model import Ridge
 from vit_jax.evaluators import fewshot
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_trainer_sharded import SCRIPT, env_with_devices, summary_of  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import TINY_TRAINING, env_with_devices, summary_of  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.mark.parametrize('n,d', [(200, 30), (30, 200)])
@@ -129,7 +129,7 @@ def test_evaluator_on_digits_skips_missing_datasets(tmp_path):
 def test_probes_run_during_pretraining_without_recompiling():
   options = {'dataset': 'digits', 'steps': 4, 'fewshot_steps': 2}
   out = subprocess.run(
-      [sys.executable, SCRIPT, __import__('json').dumps(options)],
+      [sys.executable, TINY_TRAINING, __import__('json').dumps(options)],
       env={**env_with_devices(2), 'JAX_LOG_COMPILES': '1'},
       capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]

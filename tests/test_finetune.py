@@ -280,8 +280,7 @@ def test_finetune_a_hybrid_and_its_export_reproduces_the_run_eval(tmp_path):
   finetuned.npz, loaded and evaluated on its own, scores exactly what
   the run's held-out evaluation logged."""
   import jax  # pylint: disable=g-import-not-at-top
-  from conftest import abstract_params, build  # pylint: disable=g-import-not-at-top
-  from test_hybrid import hybrid_config, spread_hybrid_params  # pylint: disable=g-import-not-at-top
+  from conftest import abstract_params, build, hybrid_config, spread_hybrid_params  # pylint: disable=g-import-not-at-top
   from vit_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   config = hybrid_config()
   source_path = str(tmp_path / 'hybrid.npz')

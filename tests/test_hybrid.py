@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import abstract_params, build, randomize, tiny_model_config
+from conftest import (abstract_params, build, hybrid_config,
+                      spread_hybrid_params, spread_kernel)
 from vit_jax import checkpoints
 from vit_jax.models.resnet import StdConv, standardize_kernel
 
@@ -32,23 +33,6 @@ def variance_epsilon_standardization(kernel, eps=EPS):
   """The formula the stem used before: epsilon inside the square root."""
   w = np.asarray(kernel, np.float64)
   return (w - w.mean(axis=(0, 1, 2))) / np.sqrt(w.var(axis=(0, 1, 2)) + eps)
-
-
-def spread_kernel(shape, rng, low=-4., high=-1.):
-  """A kernel whose output channels have standard deviations spread evenly
-  (in log) over 10**low..10**high, in random order, and non-zero means."""
-  scales = rng.permutation(np.logspace(low, high, shape[-1]))
-  return (rng.standard_normal(shape) * scales
-          + rng.standard_normal(shape[-1]) * scales).astype(np.float32)
-
-
-def with_spread_kernels(params, seed=0):
-  """Every StdConv kernel (4-D, not the patch embedding) made spread."""
-  rng = np.random.default_rng(seed)
-  return checkpoints.unflatten_params({
-      k: (spread_kernel(v.shape, rng)
-          if np.ndim(v) == 4 and not k.startswith('embedding/') else v)
-      for k, v in checkpoints.flatten_params(params).items()})
 
 
 def numpy_conv_same(x, kernel, stride):
@@ -129,21 +113,9 @@ def test_std_conv_convolves_with_the_published_kernel(stride):
                              rtol=1e-4, atol=1e-4)
 
 
-def hybrid_config(**overrides):
-  """One ResNet stage (conv_root, gn_root, block1/unit1 with conv_proj) and
-  1x1 patches on the stem's output."""
-  return tiny_model_config(resnet_layers=(1,), patch_size=(1, 1), **overrides)
-
-
 def hybrid_images(size=32, batch=3, seed=3):
   return jnp.asarray(np.random.default_rng(seed).uniform(
       -1, 1, (batch, size, size, 3)), jnp.float32)
-
-
-def spread_hybrid_params(model, size=32):
-  # Every leaf is replaced, so only the shapes of an init are needed.
-  return with_spread_kernels(randomize(abstract_params(model, (1, size, size, 3)),
-                                       scale=0.2))
 
 
 def relative_difference(a, b):

@@ -9,18 +9,18 @@ import subprocess
 import sys
 import time
 
-from test_trainer_sharded import (SCRIPT, env_with_devices, read_until_step,
-                                  run, start, start_two_processes)
+from conftest import (TINY_TRAINING, env_with_devices, read_until_step,
+                      run_tiny, start_tiny, start_two_processes)
 
 EXIT_PREEMPTED = 75
 
 
 def test_sigterm_saves_the_current_step_and_resume_is_exact(tmp_path):
   options = {'steps': 150, 'checkpoint_steps': 1000}
-  straight = run(options, tmp_path / 'straight')
+  straight = run_tiny(options, tmp_path / 'straight')
 
   workdir = tmp_path / 'preempted'
-  proc = start(options, workdir)
+  proc = start_tiny(options, workdir)
   read_until_step(proc, 20)
   proc.send_signal(signal.SIGTERM)
   rest, _ = proc.communicate(timeout=120)
@@ -32,7 +32,7 @@ def test_sigterm_saves_the_current_step_and_resume_is_exact(tmp_path):
                  if p.name.isdigit())
   assert saved == [step]  # the periodic cadence (1000) never fired
 
-  resumed = run(options, workdir)
+  resumed = run_tiny(options, workdir)
   assert resumed['steps'][0] == step + 1
   assert resumed['digest'] == straight['digest']
 
@@ -53,9 +53,9 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   options = {'steps': 8, 'checkpoint_steps': 2, 'async_checkpoints': False}
-  straight = run(options, tmp_path / 'straight')
+  straight = run_tiny(options, tmp_path / 'straight')
   workdir = tmp_path / 'damaged'
-  run(options, workdir)
+  run_tiny(options, workdir)
   checkpoints = workdir / 'checkpoints'
   assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ['6', '8']
   # Truncate every array file of the newest checkpoint, as a write cut short
@@ -65,7 +65,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   assert damaged
   for f in damaged:
     f.write_bytes(f.read_bytes()[:10])
-  out = subprocess.run([sys.executable, SCRIPT, json.dumps(options), str(workdir)],
+  out = subprocess.run([sys.executable, TINY_TRAINING, json.dumps(options), str(workdir)],
                        env=env_with_devices(1), capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -98,12 +98,12 @@ def test_random_sigkills_never_lose_the_run(tmp_path):
   trial ends bitwise equal to an uninterrupted run."""
   import random  # pylint: disable=g-import-not-at-top
   options = {'steps': 24, 'checkpoint_steps': 3}
-  straight = run(options, tmp_path / 'straight')
+  straight = run_tiny(options, tmp_path / 'straight')
   rng = random.Random(0)
   for trial in range(3):
     workdir = tmp_path / f'trial{trial}'
     for attempt in range(3):
-      proc = start(options, workdir)
+      proc = start_tiny(options, workdir)
       lines, seen = [], 0
       kill_after = rng.randint(1, 8) if attempt < 2 else None
       for line in proc.stdout:
@@ -123,7 +123,7 @@ def test_random_sigkills_never_lose_the_run(tmp_path):
 
 
 def test_resuming_with_another_model_shape_is_an_error_not_damage(tmp_path):
-  run({'steps': 2, 'checkpoint_steps': 2, 'async_checkpoints': False}, tmp_path)
+  run_tiny({'steps': 2, 'checkpoint_steps': 2, 'async_checkpoints': False}, tmp_path)
   out = subprocess.run(
       [sys.executable, '-c', (
           'import sys; sys.path.insert(0, "tests");'

@@ -1,67 +1,13 @@
 """The train loop on meshes, hosts, with accumulation and after a SIGKILL."""
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 
-SCRIPT = os.path.join(os.path.dirname(__file__), 'tiny_training.py')
-
-
-def env_with_devices(count):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={count}'
-  env['JAX_PLATFORMS'] = 'cpu'
-  return env
-
-
-def run(options, workdir=None, devices=1, timeout=300):
-  args = [sys.executable, SCRIPT, json.dumps(options)]
-  if workdir:
-    args.append(str(workdir))
-  out = subprocess.run(args, env=env_with_devices(devices), capture_output=True,
-                       text=True, timeout=timeout)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return summary_of(out.stdout)
-
-
-def start(options, workdir=None, devices=1, stderr=subprocess.DEVNULL):
-  """The tiny training job as a running process with its stdout piped."""
-  args = [sys.executable, SCRIPT, json.dumps(options)]
-  if workdir:
-    args.append(str(workdir))
-  return subprocess.Popen(args, env=env_with_devices(devices),
-                          stdout=subprocess.PIPE, stderr=stderr, text=True)
-
-
-def start_two_processes(options, workdir=None, stderr=subprocess.DEVNULL):
-  """Two processes with 4 CPU devices each, coordinated on a free port."""
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  return [start({**options, 'coordinator': f'127.0.0.1:{port}', 'process_id': i},
-                workdir, devices=4, stderr=stderr) for i in range(2)]
-
-
-def read_until_step(proc, step, timeout=240):
-  """Consumes the process's output up to its 'step <step>/' line."""
-  deadline = time.time() + timeout
-  for line in proc.stdout:
-    if line.startswith(f'step {step}/'):
-      return
-    assert time.time() < deadline
-  raise AssertionError(f'the process ended before step {step}')
-
-
-def summary_of(stdout):
-  line = [l for l in stdout.splitlines() if l.startswith('SUMMARY ')][-1]
-  return json.loads(line[len('SUMMARY '):])
-
+from conftest import (run_tiny, start_tiny, start_two_processes, summary_of)
 
 # SGD: Adam divides by the gradient's own magnitude, so parameters whose true
 # gradient is zero (the attention key bias) move by +-lr on rounding noise,
@@ -70,10 +16,10 @@ SGD = {'name': 'sgd', 'momentum': 0.9, 'weight_decay': 0.0}
 
 
 def test_meshes_agree_and_fsdp_shards_state():
-  reference = run({'optimizer': SGD, 'steps': 4}, devices=1)
+  reference = run_tiny({'optimizer': SGD, 'steps': 4}, devices=1)
   assert reference['losses'][-1] < reference['losses'][0]
   for mesh in ({'data': 8}, {'data': 2, 'fsdp': 4}, {'data': 4, 'tensor': 2}):
-    got = run({'optimizer': SGD, 'steps': 4, 'mesh': mesh}, devices=8)
+    got = run_tiny({'optimizer': SGD, 'steps': 4, 'mesh': mesh}, devices=8)
     assert got['num_devices'] == 8
     np.testing.assert_allclose(got['losses'], reference['losses'], atol=1e-5)
     np.testing.assert_allclose(got['params_flat'], reference['params_flat'],
@@ -81,8 +27,8 @@ def test_meshes_agree_and_fsdp_shards_state():
 
 
 def test_fsdp_holds_an_eighth_of_the_state_per_device():
-  replicated = run({'steps': 1, 'mesh': {'data': 8}}, devices=8)
-  fsdp = run({'steps': 1, 'mesh': {'data': 1, 'fsdp': 8}}, devices=8)
+  replicated = run_tiny({'steps': 1, 'mesh': {'data': 8}}, devices=8)
+  fsdp = run_tiny({'steps': 1, 'mesh': {'data': 1, 'fsdp': 8}}, devices=8)
   total = fsdp['total_bytes']
   assert replicated['max_bytes_per_device'] == total
   # Small vectors that 8 does not divide stay replicated: allow 10%.
@@ -91,8 +37,8 @@ def test_fsdp_holds_an_eighth_of_the_state_per_device():
 
 
 def test_gradient_accumulation_matches_full_batch():
-  full = run({'steps': 3}, devices=1)
-  accumulated = run({'steps': 3, 'accum_steps': 4}, devices=1)
+  full = run_tiny({'steps': 3}, devices=1)
+  accumulated = run_tiny({'steps': 3, 'accum_steps': 4}, devices=1)
   np.testing.assert_allclose(accumulated['losses'], full['losses'], atol=1e-5)
   np.testing.assert_allclose(accumulated['params_flat'], full['params_flat'],
                              atol=1e-5)
@@ -108,7 +54,7 @@ def run_two_processes(options, workdir=None):
 
 
 def test_two_processes_match_one_process():
-  reference = run({'optimizer': SGD, 'steps': 3, 'mesh': {'data': 8}}, devices=8)
+  reference = run_tiny({'optimizer': SGD, 'steps': 3, 'mesh': {'data': 8}}, devices=8)
   got = run_two_processes({'optimizer': SGD, 'steps': 3, 'mesh': {'data': 8}})
   assert got['num_devices'] == 8
   np.testing.assert_allclose(got['losses'], reference['losses'], atol=1e-5)
@@ -118,10 +64,10 @@ def test_two_processes_match_one_process():
 
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   options = {'steps': 40, 'checkpoint_steps': 4}
-  straight = run(options, tmp_path / 'straight')
+  straight = run_tiny(options, tmp_path / 'straight')
 
   workdir = tmp_path / 'killed'
-  proc = start(options, workdir)
+  proc = start_tiny(options, workdir)
   # Kill once the first checkpoint is complete (its directory is renamed
   # from a temporary name when finished).
   deadline = time.time() + 240
@@ -132,7 +78,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   proc.wait()
   assert not (workdir / 'checkpoints' / '40').exists()  # really interrupted
 
-  resumed = run(options, workdir)
+  resumed = run_tiny(options, workdir)
   assert resumed['steps'][0] > 4  # continued, not restarted
   assert resumed['digest'] == straight['digest']
   np.testing.assert_array_equal(resumed['losses'],
@@ -142,9 +88,9 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
 def test_restore_onto_a_different_mesh(tmp_path):
   options = {'optimizer': SGD, 'schedule': {'decay_type': 'constant'},
              'checkpoint_steps': 2}
-  straight = run(dict(options, steps=4), devices=1)
-  run(dict(options, steps=2, mesh={'data': 8}), tmp_path, devices=8)
-  resumed = run(dict(options, steps=4, mesh={'data': 2, 'fsdp': 2, 'tensor': 2}),
+  straight = run_tiny(dict(options, steps=4), devices=1)
+  run_tiny(dict(options, steps=2, mesh={'data': 8}), tmp_path, devices=8)
+  resumed = run_tiny(dict(options, steps=4, mesh={'data': 2, 'fsdp': 2, 'tensor': 2}),
                 tmp_path, devices=8)
   assert resumed['steps'] == [3, 4]
   np.testing.assert_allclose(resumed['losses'], straight['losses'][2:], atol=1e-5)

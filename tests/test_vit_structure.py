@@ -7,40 +7,10 @@ import numpy as np
 import pytest
 
 from vit_jax.models.variants import get_model_config
-from conftest import abstract_params, build, init_params, tiny_model_config
+from conftest import (abstract_params, build, init_params, tiny_model_config,
+                      vit_b16_reference_tree)
 from vit_jax.checkpoints import flatten_params
 from vit_jax.models import build_model
-
-
-def vit_b16_reference_tree(num_classes=1000):
-  """REFERENCE.md section 2 for ViT-B/16, in Linen block numbering."""
-  d, mlp, heads, head_dim = 768, 3072, 12, 64
-  tree = {
-      'cls': (1, 1, d),
-      'embedding/kernel': (16, 16, 3, d),
-      'embedding/bias': (d,),
-      'Transformer/posembed_input/pos_embedding': (1, 197, d),
-      'Transformer/encoder_norm/scale': (d,),
-      'Transformer/encoder_norm/bias': (d,),
-      'head/kernel': (d, num_classes),
-      'head/bias': (num_classes,),
-  }
-  for i in range(12):
-    block = f'Transformer/encoderblock_{i}'
-    for ln in ('LayerNorm_0', 'LayerNorm_1'):
-      tree[f'{block}/{ln}/scale'] = (d,)
-      tree[f'{block}/{ln}/bias'] = (d,)
-    attention = f'{block}/MultiHeadDotProductAttention_0'
-    for proj in ('query', 'key', 'value'):
-      tree[f'{attention}/{proj}/kernel'] = (d, heads, head_dim)
-      tree[f'{attention}/{proj}/bias'] = (heads, head_dim)
-    tree[f'{attention}/out/kernel'] = (heads, head_dim, d)
-    tree[f'{attention}/out/bias'] = (d,)
-    tree[f'{block}/MlpBlock_0/Dense_0/kernel'] = (d, mlp)
-    tree[f'{block}/MlpBlock_0/Dense_0/bias'] = (mlp,)
-    tree[f'{block}/MlpBlock_0/Dense_1/kernel'] = (mlp, d)
-    tree[f'{block}/MlpBlock_0/Dense_1/bias'] = (d,)
-  return tree
 
 
 def shapes(params):
