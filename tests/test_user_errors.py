@@ -1,14 +1,17 @@
 """Bad inputs stop the entry points with one `error:` line and exit status 2,
 before anything is written to the workdir."""
 
+import ast
+import os
 
 import flax.linen as nn
 import numpy as np
 import pytest
 
-from conftest import (abstract_params, build, init_params, run_module,
+from conftest import (ROOT, abstract_params, build, init_params, run_module,
                       tiny_model_config)
 from vit_jax import checkpoints
+from vit_jax.user_errors import UserError
 
 
 
@@ -85,8 +88,41 @@ CONFIG_CASES = {
 }
 
 
+def demo_config(flags):
+  """configs/demo.py with `--config.key=value` flags applied as the flag
+  parser would: Python literals, else strings."""
+  from vit_jax.config_files import sibling  # pylint: disable=g-import-not-at-top
+  config = sibling(os.path.join(ROOT, 'configs', 'demo.py'), 'demo').get_config()
+  for flag in flags:
+    key, _, text = flag[len('--config.'):].partition('=')
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
 @pytest.mark.parametrize('case', sorted(CONFIG_CASES))
-def test_bad_config_value_stops_before_the_workdir_is_written(tmp_path, case):
+def test_bad_config_value_is_one_user_error_before_the_workdir(case):
+  """What the entry point checks before it touches the workdir
+  (`train.prepare`), in this process: one exception per case."""
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  flags, message = CONFIG_CASES[case]
+  with pytest.raises(UserError) as raised:
+    train.prepare(demo_config(flags), log=lambda _: None)
+  assert message in str(raised.value) and '\n' not in str(raised.value)
+
+
+# One case per stage of the checks, through the entry point: the values as
+# typed, those derived from the data, and the model's shape.
+@pytest.mark.parametrize('case', ['negative_batch', 'wrong_class_count',
+                                  'image_size_not_multiple'])
+def test_bad_config_value_stops_the_entry_point_before_the_workdir(tmp_path, case):
   flags, message = CONFIG_CASES[case]
   workdir = tmp_path / 'run'
   out = run_entry_point('vit_jax.train', *DEMO, '--workdir', str(workdir), *flags)

@@ -22,19 +22,7 @@ def run(pretrained=None, finish=None):
   """Trains `--config` in `--workdir`; shared with the fine-tune entry point,
   whose `finish(state)` (the export) runs while the workdir is still held."""
   config, workdir, log = app.CONFIG.value, app.WORKDIR.value, app.console
-  # Everything the user typed is checked before the data is opened, then
-  # again with the derived values filled in, before the workdir is touched.
-  config_checks.check_config(config, jax.device_count())
-  source = inputs.open_source(config)
-  inputs.resolve_from_data(config, source, log)
-  derived_config.fill(config, log)
-  drop_inapplicable_probes(config, log)
-  config_checks.check_config(config, jax.device_count())
-  log(f'{jax.process_count()} processes, {jax.device_count()} devices '
-      f'({jax.devices()[0].device_kind}); model {config.model.name}, '
-      f'dataset {config.dataset}, batch {config.batch_size}, '
-      f'{config.total_steps} steps')
-  train_data, eval_data = inputs.make_inputs(config, source)
+  source, train_data, eval_data = prepare(config, log)
   main = jax.process_index() == 0
   if main:
     trainer.check_writable(workdir)
@@ -49,6 +37,24 @@ def run(pretrained=None, finish=None):
     if finish:
       finish(state)
   return state, history
+
+
+def prepare(config, log=app.console):
+  """Checks everything the user typed before the data is opened, then again
+  with the values derived from the data filled in, and builds the input
+  pipelines: (source, train data, eval data). Touches no workdir, so a bad
+  value stops the run before anything is written."""
+  config_checks.check_config(config, jax.device_count())
+  source = inputs.open_source(config)
+  inputs.resolve_from_data(config, source, log)
+  derived_config.fill(config, log)
+  drop_inapplicable_probes(config, log)
+  config_checks.check_config(config, jax.device_count())
+  log(f'{jax.process_count()} processes, {jax.device_count()} devices '
+      f'({jax.devices()[0].device_kind}); model {config.model.name}, '
+      f'dataset {config.dataset}, batch {config.batch_size}, '
+      f'{config.total_steps} steps')
+  return (source, *inputs.make_inputs(config, source))
 
 
 def drop_inapplicable_probes(config, log) -> None:
