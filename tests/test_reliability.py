@@ -15,26 +15,22 @@ from conftest import (TINY_TRAINING, env_with_devices, read_until_step,
 EXIT_PREEMPTED = 75
 
 
-def test_sigterm_saves_the_current_step_and_resume_is_exact(tmp_path):
+def test_sigterm_saves_the_current_step(tmp_path):
+  """SIGTERM takes the path of Ctrl-C, whose exact resume
+  test_pod_failures.py checks: a checkpoint at the step where it stopped."""
   options = {'steps': 150, 'checkpoint_steps': 1000}
-  straight = run_tiny(options, tmp_path / 'straight')
-
   workdir = tmp_path / 'preempted'
   proc = start_tiny(options, workdir)
   read_until_step(proc, 20)
   proc.send_signal(signal.SIGTERM)
   rest, _ = proc.communicate(timeout=120)
   assert proc.returncode == EXIT_PREEMPTED
-  stop_line = [l for l in rest.splitlines() if l.startswith('stop requested')][0]
+  stop_line = [l for l in rest.splitlines() if l.startswith('stop requested (SIGTERM)')][0]
   step = int(stop_line.split('checkpoint at step ')[1].split(';')[0])
   assert 20 <= step < 150
   saved = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
                  if p.name.isdigit())
   assert saved == [step]  # the periodic cadence (1000) never fired
-
-  resumed = run_tiny(options, workdir)
-  assert resumed['steps'][0] == step + 1
-  assert resumed['digest'] == straight['digest']
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
@@ -93,14 +89,14 @@ def test_when_one_host_dies_the_other_exits_within_a_minute():
 
 
 def test_random_sigkills_never_lose_the_run(tmp_path):
-  """Three trials, each killed twice at a random step (often while its
+  """Two trials, each killed twice at a random step (often while its
   asynchronous checkpoint is being written) and rerun to the end: every
   trial ends bitwise equal to an uninterrupted run."""
   import random  # pylint: disable=g-import-not-at-top
   options = {'steps': 24, 'checkpoint_steps': 3}
   straight = run_tiny(options, tmp_path / 'straight')
   rng = random.Random(0)
-  for trial in range(3):
+  for trial in range(2):
     workdir = tmp_path / f'trial{trial}'
     for attempt in range(3):
       proc = start_tiny(options, workdir)
