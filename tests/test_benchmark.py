@@ -7,6 +7,7 @@ import sys
 import time
 import types
 
+from conftest import finish, start_processes
 from tiny_training import tiny_config
 from vit_jax import benchmark, metrics, step_profile, trainer
 
@@ -120,3 +121,14 @@ app.run(benchmark.main)
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'step_seconds_median' in out.stdout
+
+
+def test_two_processes_time_one_step_and_one_reports(tmp_path):
+  procs = start_processes('vit_jax.benchmark', '--config', 'configs/demo.py',
+                          '--config.batch_size=8', '--steps=2', '--warmup=1',
+                          logs=tmp_path)
+  first, second = finish(procs, tmp_path)
+  rows = dict(line.split(None, 1) for line in first.splitlines() if line.strip())
+  assert rows['devices'].strip() == '2' and rows['batch_size'].strip() == '8'
+  assert float(rows['step_seconds_median']) > 0
+  assert 'step_seconds_median' not in second  # one report, from process 0

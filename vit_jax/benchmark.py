@@ -106,7 +106,7 @@ def benchmark(config, steps: int, warmup: int, profile_steps: int = 0) -> dict:
   analytic = 3 * metrics.vit_forward_flops(config.model, size,
                                            config.num_classes) * config.batch_size
   peak = metrics.peak_flops_per_device()
-  memory = jax.devices()[0].memory_stats() or {}
+  memory = jax.local_devices()[0].memory_stats() or {}
   return dict(
       model=config.model.name, batch_size=config.batch_size, image_size=size,
       dtype=str(config.model.dtype), remat=config.model.remat_policy,

@@ -29,7 +29,7 @@ def load_params(config, mesh):
       jax.random.key(config.seed), images)['params']))()
   if config.init_from != 'random':
     loaded = transfer.load_pretrained(config.init_from, fresh, config.model,
-                                      log=print)
+                                      log=app.console)
     fresh = checkpoints.unflatten_params(
         {**checkpoints.flatten_params(fresh), **loaded})
   replicated = sharding.replicated(mesh)
@@ -48,12 +48,10 @@ def main():
   params = load_params(config, mesh)
   evaluator = fewshot.FewshotEvaluator(
       config.fewshot, model_config=config.model, image_size=config.image_size,
-      mesh=mesh, rules=rules_of(config), log=print)
+      mesh=mesh, rules=rules_of(config), log=app.console)
   results = evaluator(params)
-  if jax.process_index() == 0:
-    print(f'few-shot accuracy of {config.init_from} (mean +- std over '
-          f'{config.fewshot.seeds} seeds):')
-    print(fewshot.format_table(results))
+  app.console(f'few-shot accuracy of {config.init_from} (mean +- std over '
+              f'{config.fewshot.seeds} seeds):\n{fewshot.format_table(results)}')
   if workdir:
     writer = metrics.MetricWriter(workdir)
     writer.write(0, results)
