@@ -154,7 +154,7 @@ def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):
 
 def test_batch_not_divisible_by_data_parallel_size():
   config = tiny_config({'accum_steps': 3})
-  with pytest.raises(ValueError, match=r'batch_size=16 is not divisible by '
+  with pytest.raises(ValueError, match=r'batch_size=16 is not divisible by the '
                      r'data-parallel size 1 x accum_steps 3'):
     trainer.make_setup(config)
 

@@ -21,7 +21,8 @@ import numpy as np
 import optax
 
 from vit_jax import metrics as metrics_lib
-from vit_jax import derived_config, optim, sharding
+from vit_jax import config_checks, derived_config, optim, sharding
+from vit_jax.config_checks import LOSSES
 from vit_jax.evaluation import evaluate, make_eval_step
 from vit_jax.user_errors import ConfigError
 from vit_jax.sharding import rules_of
@@ -32,7 +33,6 @@ from vit_jax.train_checkpoints import StateCheckpointer, abstract_with_shardings
 
 State = dict[str, Any]
 _global_norm = optax.tree.norm if hasattr(optax, 'tree') else optax.global_norm
-LOSSES = ('softmax_xent', 'sigmoid_xent')
 
 
 class NonFiniteError(RuntimeError):
@@ -90,19 +90,9 @@ def make_setup(config: ml_collections.ConfigDict,
   # direct callers (benchmark, AOT) of configs that leave them at None.
   derived_config.fill(config, log=lambda _: None)
   mesh = mesh or sharding.make_mesh(config.mesh)
-  dp = sharding.data_parallel_size(mesh)
-  if config.batch_size % (dp * config.accum_steps):
-    raise ConfigError(
-        f'batch_size={config.batch_size} is not divisible by data-parallel '
-        f'size {dp} x accum_steps {config.accum_steps}; choose a multiple of '
-        f'{dp * config.accum_steps}.')
-  patch = tuple(config.model.patch_size)
-  if not config.model.get('resnet_layers') and (
-      config.image_size % patch[0] or config.image_size % patch[1]):
-    raise ConfigError(
-        f'image_size={config.image_size} is not divisible by the patch size '
-        f'{patch}: the last pixels would be dropped silently. Choose an '
-        f'image size that is a multiple of it.')
+  # The entry points have checked already; direct callers get the same
+  # one-line errors (batch vs data parallelism, image vs patch size, ...).
+  config_checks.check_config(config, mesh.size)
   model = build_model(config.model, config.num_classes)
   schedule = optim.make_schedule(
       total_steps=config.total_steps, **config.schedule)
