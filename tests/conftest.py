@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import flax.linen as nn
@@ -144,17 +145,31 @@ class StorageEmulator:
       if not token:
         return names
 
+  def read(self, name) -> bytes:
+    """The bytes of object `name` of `bucket`, over the emulator's JSON API
+    (no client library, so nothing cached in this process)."""
+    quoted = urllib.parse.quote(name, safe='')
+    with urllib.request.urlopen(
+        f'{self.url}/storage/v1/b/bucket/o/{quoted}?alt=media', timeout=30) as reply:
+      return reply.read()
+
+  def download(self, prefix, destination):
+    """Every object under `prefix` into the local folder `destination`."""
+    for name in self.objects(prefix):
+      path = destination / name[len(prefix):].lstrip('/')
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_bytes(self.read(name))
+    return destination
+
   def stop(self):
     self._process.terminate()
     self._process.wait(timeout=30)
 
 
 @pytest.fixture
-def storage_emulator(monkeypatch, tmp_path):
-  """A StorageEmulator whose env is also set in this test's process."""
+def storage_emulator(tmp_path):
+  """A StorageEmulator; its env is for the processes a test starts."""
   emulator = StorageEmulator(tmp_path / 'storage_emulator.log')
-  for key, value in emulator.env.items():
-    monkeypatch.setenv(key, value)
   yield emulator
   emulator.stop()
 

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 
-from etils import epath
 import numpy as np
 
 from conftest import (ROOT, finish, run_module, start_processes,
@@ -45,8 +44,11 @@ def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
   resumed = run('vit_jax.train', *PRETRAIN, '--workdir=gs://bucket/run',
                 logs='resumed')[0]
   assert 'resumed from step 8 in gs://bucket/run' in resumed
-  straight = transfer.read_orbax_params('gs://bucket/straight')
-  again = transfer.read_orbax_params('gs://bucket/run')
+  # The bucket is read over HTTP into local copies: this process keeps no
+  # GCS client (and so no client cache) of its own.
+  straight, again = (transfer.read_orbax_params(str(storage_emulator.download(
+      f'{name}/checkpoints/', tmp_path / 'copies' / name / 'checkpoints')))
+                     for name in ('straight', 'run'))
   assert straight.keys() == again.keys()
   for key in straight:
     np.testing.assert_array_equal(again[key], straight[key], err_msg=key)
@@ -56,7 +58,7 @@ def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
   events = [n for n in names if n.startswith('run/tb/events.out.tfevents.')]
   assert len(events) == 2  # one per launch of process 0
   lines = [json.loads(l) for l in
-           epath.Path('gs://bucket/run/metrics.jsonl').read_text().splitlines()]
+           storage_emulator.read('run/metrics.jsonl').decode().splitlines()]
   assert lines[-1]['step'] == 24 and lines[-1]['eval/accuracy_examples'] == 360
 
   # Synthetic data: global batch i is the same on any process count, so one
@@ -68,7 +70,8 @@ def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
               '--config.num_classes=10', '--config.total_steps=8',
               '--config.schedule.warmup_steps=2', '--config.eval_steps=8']
   run('vit_jax.finetune', *finetune, '--workdir=gs://bucket/ft', logs='finetune')
-  exported = checkpoints.read_npz('gs://bucket/ft/finetuned.npz')
+  (tmp_path / 'finetuned.npz').write_bytes(storage_emulator.read('ft/finetuned.npz'))
+  exported = checkpoints.read_npz(str(tmp_path / 'finetuned.npz'))
   assert exported['head/kernel'].shape == (64, 10)
   # One process computes what the two computed.
   run_module('vit_jax.finetune', *finetune, f'--workdir={tmp_path / "ft1"}',
@@ -84,7 +87,7 @@ def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
             logs='fewshot')[0]
   assert 'few-shot accuracy of gs://bucket/ft/finetuned.npz' in out
   assert storage_emulator.objects('fewshot/metrics.jsonl') == ['fewshot/metrics.jsonl']
-  two = epath.Path('gs://bucket/fewshot/metrics.jsonl').read_text().splitlines()
+  two = storage_emulator.read('fewshot/metrics.jsonl').decode().splitlines()
   run_module('vit_jax.fewshot', *probe, f'--workdir={tmp_path / "fewshot1"}',
              env=env, cwd=here)
   one = (tmp_path / 'fewshot1' / 'metrics.jsonl').read_text().splitlines()
