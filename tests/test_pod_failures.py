@@ -196,22 +196,23 @@ app.run(main, required=())
       'interrupted: stopped without saving']
 
 
-def _limit_file_size():
-  """A disk that fills up, for this process only: writes past 200 kB fail
-  with EFBIG instead of killing it (the checkpoint's data file is larger;
-  the run's logs are smaller)."""
-  import resource  # pylint: disable=g-import-not-at-top
-  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-  resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+# A disk that fills up, for one process only: writes past 200 kB fail with
+# EFBIG instead of killing it (the checkpoint's data file is larger, the
+# run's logs smaller). Set in a launcher that then execs the run, since
+# forking the multithreaded test process to run Python code is unsafe.
+_FULL_DISK_LAUNCHER = (
+    'import os, resource, signal, sys; '
+    'signal.signal(signal.SIGXFSZ, signal.SIG_IGN); '
+    'resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); '
+    'os.execv(sys.executable, [sys.executable, "-m", "vit_jax.train", *sys.argv[1:]])')
 
 
 def test_a_failed_save_is_reported_when_it_fails_in_one_line(tmp_path):
   workdir = tmp_path / 'run'
   out = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.train', *DEMO, f'--workdir={workdir}',
+      [sys.executable, '-c', _FULL_DISK_LAUNCHER, *DEMO, f'--workdir={workdir}',
        '--config.total_steps=100', '--config.checkpoint_steps=10'],
-      cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
-      preexec_fn=_limit_file_size)
+      cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == (
       f'error: saving the checkpoint of step 10 to {workdir}/checkpoints '
