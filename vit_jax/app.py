@@ -118,7 +118,7 @@ def initialize_distributed() -> None:
 def check_port_free(address: str) -> None:
   """A coordinator port taken by another program otherwise crashes process
   0 inside the coordination service, with no word about the port."""
-  host, _, port = address.rpartition(':')
+  port = address.rpartition(':')[2]
   try:
     port = int(port)
   except ValueError:
