@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.cache_eval = True
   config.shuffle_buffer = 50_000
   config.log_steps = 10
-  config.eval_steps = ml_collections.FieldReference(None, field_type=int)
+  config.evals.accuracy.every_steps = None
   config.checkpoint_steps = ml_collections.FieldReference(None, field_type=int)
   config.keep_every = 0
   return config

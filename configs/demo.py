@@ -27,11 +27,11 @@ def get_config(arg: str | None = None):
                          end_lr=0.0)
   config.optimizer.weight_decay = 0.1
   config.log_steps = 100
-  config.eval_steps = 500
+  config.evals.accuracy.every_steps = 500
   config.checkpoint_steps = 500
   config.keep_every = 0
   # Linear probes on the digits' frozen features, every 500 steps.
-  config.fewshot = fewshot.get_fewshot_section(
-      {'digits': ('digits', 'train', 'test')}, log_steps=500)
-  config.fewshot.shots = (1, 5, 10)
+  config.evals.fewshot = fewshot.get_fewshot_section(
+      {'digits': ('digits', 'train', 'test')}, every_steps=500)
+  config.evals.fewshot.shots = (1, 5, 10)
   return config

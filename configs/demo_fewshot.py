@@ -14,5 +14,5 @@ def get_config(arg: str | None = None):
   del arg
   config = fewshot.get_config('model=nano/2,image_size=8')
   config.model = demo.get_config().model
-  config.fewshot = demo.get_config().fewshot
+  config.fewshot = demo.get_config().evals.fewshot
   return config

@@ -24,7 +24,7 @@ def get_config(arg: str | None = None):
   config.shuffle_buffer = 2_000
   config.cache_raw = True
   config.cache_eval = True
-  config.eval_steps = 100
+  config.evals.accuracy.every_steps = 100
   config.log_steps = 100
   config.checkpoint_steps = 100
   return config

@@ -7,8 +7,8 @@ held-out tenth of train) for scoring.
   python -m vit_jax.fewshot --config configs/fewshot.py:model=B/16 \
       --config.init_from=gs://vit_models/imagenet21k/ViT-B_16.npz
 
-`get_fewshot_section()` is also what a pre-training config sets as
-`config.fewshot` to probe on a cadence during training.
+`get_fewshot_section()` is also what a training config sets as
+`config.evals.fewshot` to probe on a cadence during training.
 """
 
 import ml_collections
@@ -31,9 +31,10 @@ DEFAULT_DATASETS = {
 IMAGENET = {'imagenet2012': ('imagenet2012', 'train[:65000]', 'validation')}
 
 
-def get_fewshot_section(datasets=None, log_steps: int = 10_000
+def get_fewshot_section(datasets=None, every_steps: int = 10_000
                         ) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
+      type='fewshot',
       datasets=dict(DEFAULT_DATASETS if datasets is None else datasets),
       shots=(1, 5, 10, 25),
       seeds=3,
@@ -41,7 +42,7 @@ def get_fewshot_section(datasets=None, log_steps: int = 10_000
       pp='decode|resize({image_size})',
       batch_size=256,
       data_dir=ml_collections.FieldReference(None, field_type=str),
-      log_steps=log_steps,  # cadence during pre-training
+      every_steps=every_steps,  # cadence as an eval during training
   ))
 
 

@@ -47,7 +47,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.image_size = 384
   config.pp_train = 'decode_inception_crop({image_size})|flip_lr'
   config.pp_eval = 'decode|resize({image_size})'
-  config.real_eval = False
   # None (datasets without a recipe): FINETUNE_EPOCHS over the data.
   config.total_steps = steps
   config.epochs = FINETUNE_EPOCHS
@@ -65,8 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       warmup_fraction=warmup / steps if steps else WARMUP_FRACTION,
       max_warmup_steps=ml_collections.FieldReference(None, field_type=int),
       decay_type='cosine', end_lr=0.0))
-  # None: a tenth of total_steps (vit_jax/derived_config.py).
-  config.eval_steps = ml_collections.FieldReference(None, field_type=int)
+  # None: a tenth of total_steps (vit_jax/derived_config.py). Held-out
+  # accuracy only, as the official fine-tuning runs report it.
+  config.evals = {'accuracy': config.evals.accuracy}
+  config.evals.accuracy.every_steps = None
   config.checkpoint_steps = ml_collections.FieldReference(None, field_type=int)
   config.keep_every = 0
   return config

@@ -30,7 +30,8 @@ DATASETS = {
     'oxford_iiit_pet': (37, 3_680, 'train', 'test'),
     'oxford_flowers102': (102, 2_040, 'train+validation', 'test'),
     'digits': (10, 1_437, 'train', 'test'),
-    'synthetic': (10, 100_000, None, None),
+    # Generated: the eval batches are the far end of the training stream.
+    'synthetic': (10, 100_000, 'train', 'test'),
 }
 EPOCHS = {'imagenet2012': 300, 'imagenet21k': 90}
 # Peak learning rates of the paper (B and smaller 1e-3; L 8e-4; H 4e-4).
@@ -70,7 +71,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 'auto': validation, else test, else a held-out slice of train.
   config.eval_split = ml_collections.FieldReference(eval_split, field_type=str)
   # ReaL labels, if prepared; None: for imagenet2012 only.
-  config.real_eval = ml_collections.FieldReference(None, field_type=bool)
   # Op strings (vit_jax/data/ops.py); pixels end in [-1, 1]. {image_size}
   # and {resize_size} (image_size * 8/7) are filled in from the config.
   config.pp_train = 'decode_inception_crop({image_size})|flip_lr'
@@ -114,7 +114,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sharding_rules = [list(rule) for rule in DEFAULT_RULES]
 
   config.log_steps = 50
-  config.eval_steps = 1000
+  # Each eval on its own cadence (vit_jax/evaluators); None: a tenth of
+  # total_steps. The held-out split is config.eval_split ('None' for none).
+  config.evals = ml_collections.ConfigDict()
+  config.evals.accuracy = ml_collections.ConfigDict(dict(
+      type='classification', split=config.get_ref('eval_split'),
+      every_steps=ml_collections.FieldReference(1000, field_type=int)))
+  if config.dataset == 'imagenet2012':
+    config.evals.real_accuracy = ml_collections.ConfigDict(dict(
+        type='real', every_steps=config.evals.accuracy.get_ref('every_steps')))
   config.eval_batches = 10  # synthetic source only; real datasets use the split
   config.checkpoint_steps = 1000
   config.keep_checkpoints = 3

@@ -174,16 +174,23 @@ def storage_emulator(tmp_path):
   emulator.stop()
 
 
+# The tests' model: 3 layers, 32 wide, 4x4 patches; fast enough for every
+# test, deep enough that layers differ (stochastic depth, scan, rollout).
+TINY_MODEL = dict(patch_size=(4, 4), hidden_size=32, mlp_dim=64, num_heads=2,
+                  num_layers=3)
+
+
 def tiny_model_config(**overrides):
-  """A 3-layer, 32-wide ViT with 4x4 patches; fast enough for every test."""
   config = get_model_config('Ti/16')
-  config.patch_size = (4, 4)
-  config.hidden_size = 32
-  config.mlp_dim = 64
-  config.num_heads = 2
-  config.num_layers = 3
+  config.update(TINY_MODEL)
   config.update(overrides)
   return config
+
+
+def tiny_model_flags(**overrides) -> list[str]:
+  """TINY_MODEL as command-line overrides of a config's model section."""
+  values = {**TINY_MODEL, **overrides}
+  return [f'--config.model.{key}={value}' for key, value in values.items()]
 
 
 def init_params(model, image_shape=(1, 16, 16, 3), seed=0):

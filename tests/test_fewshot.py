@@ -116,7 +116,7 @@ def test_evaluator_on_digits_skips_missing_datasets(tmp_path):
   assert list(evaluator.datasets) == ['digits']
   assert len(warnings) == 1 and warnings[0].startswith('few-shot: skipping dtd:')
   setup = trainer.make_setup(config, mesh)
-  params = trainer.init_state(setup, 0)['params']
+  params = trainer.init_state(setup, 0).params
   train_x, train_y = evaluator.features(params, evaluator.datasets['digits'][1][0])
   test_x, test_y = evaluator.features(params, evaluator.datasets['digits'][1][1])
   assert train_x.shape == (1437, 32) and test_x.shape == (360, 32)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from conftest import run_module
+from conftest import run_module, tiny_model_flags
 from vit_jax import checkpoints, transfer
 
 
@@ -213,21 +213,19 @@ def _run(module, workdir, *flags):
 def test_pretrain_then_finetune_at_higher_resolution_with_new_classes(tmp_path):
   """Pre-trains on 5 synthetic classes at 8 px, then fine-tunes on the 10
   digit classes at 12 px (posemb 4x4 -> 6x6) through the entry point."""
-  tiny = ['--config.model.hidden_size=32', '--config.model.mlp_dim=64',
-          '--config.model.num_heads=4',
-          '--config.model.num_layers=2', '--config.model.patch_size=(2, 2)']
+  tiny = tiny_model_flags(patch_size=(2, 2))
   _run('vit_jax.train', tmp_path / 'pre', '--config',
        'configs/pretrain.py:model=Ti/16,dataset=synthetic,batch_size=64',
        '--config.num_classes=5', '--config.image_size=8',
        '--config.total_steps=20',
        '--config.schedule.warmup_steps=2', '--config.checkpoint_steps=20',
-       '--config.eval_steps=20', *tiny)
+       '--config.evals.accuracy.every_steps=20', *tiny)
   stdout = _run('vit_jax.finetune', tmp_path / 'fine', '--config',
                 'configs/finetune.py:model=Ti/16,dataset=digits,batch_size=64',
                 f'--config.init_from={tmp_path / "pre"}', '--config.image_size=12',
                 '--config.pp_train=resize(12)', '--config.pp_eval=resize(12)',
                 '--config.total_steps=200', '--config.schedule.warmup_steps=20',
-                '--config.eval_steps=200', '--config.log_steps=50',
+                '--config.evals.accuracy.every_steps=200', '--config.log_steps=50',
                 '--config.shuffle_buffer=2000', '--config.export=vit_jax,hf',
                 *tiny)
   assert 'resized Transformer/posembed_input/pos_embedding (1, 17, 32) -> (1, 37, 32)' in stdout
@@ -286,16 +284,13 @@ def test_finetune_a_hybrid_and_its_export_reproduces_the_run_eval(tmp_path):
   source_path = str(tmp_path / 'hybrid.npz')
   checkpoints.save_npz_params(spread_hybrid_params(build(config, 1000), size=8),
                               source_path)
-  model_flags = ['--config.model.hidden_size=32', '--config.model.mlp_dim=64',
-                 '--config.model.num_heads=2', '--config.model.num_layers=3',
-                 '--config.model.patch_size=(1, 1)',
-                 '--config.model.resnet_layers=(1,)']
+  model_flags = tiny_model_flags(patch_size=(1, 1), resnet_layers=(1,))
   stdout = _run('vit_jax.finetune', tmp_path / 'fine', '--config',
                 'configs/finetune.py:model=R+Ti/16,dataset=digits,batch_size=64',
                 f'--config.init_from={source_path}', '--config.image_size=16',
                 '--config.pp_train=pad(1)|random_crop(8)|resize(16)',
                 '--config.pp_eval=resize(16)', '--config.total_steps=100',
-                '--config.schedule.warmup_steps=10', '--config.eval_steps=100',
+                '--config.schedule.warmup_steps=10', '--config.evals.accuracy.every_steps=100',
                 '--config.log_steps=50', '--config.shuffle_buffer=2000',
                 *model_flags)
   # The stem and encoder load as they are; the grid grows from 2x2 to 4x4.

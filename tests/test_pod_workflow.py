@@ -16,8 +16,8 @@ from vit_jax import checkpoints, transfer
 DEMO = os.path.join(ROOT, 'configs', 'demo.py')
 PRETRAIN = ['--config', DEMO, '--config.total_steps=24',
             '--config.checkpoint_steps=8', '--config.log_steps=4',
-            '--config.eval_steps=24', '--config.schedule.warmup_steps=4',
-            '--config.fewshot.log_steps=24']
+            '--config.evals.accuracy.every_steps=24', '--config.schedule.warmup_steps=4',
+            '--config.evals.fewshot.every_steps=24']
 
 
 def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
@@ -68,7 +68,7 @@ def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
               f'{ROOT}/configs/finetune.py:model=nano/2,dataset=synthetic,batch_size=64',
               '--config.init_from=gs://bucket/run', '--config.image_size=8',
               '--config.num_classes=10', '--config.total_steps=8',
-              '--config.schedule.warmup_steps=2', '--config.eval_steps=8']
+              '--config.schedule.warmup_steps=2', '--config.evals.accuracy.every_steps=8']
   run('vit_jax.finetune', *finetune, '--workdir=gs://bucket/ft', logs='finetune')
   (tmp_path / 'finetuned.npz').write_bytes(storage_emulator.read('ft/finetuned.npz'))
   exported = checkpoints.read_npz(str(tmp_path / 'finetuned.npz'))

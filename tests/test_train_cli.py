@@ -12,7 +12,7 @@ def train(workdir, *overrides):
   out = subprocess.run(
       [sys.executable, '-m', 'vit_jax.train', '--config', 'configs/demo.py',
        '--workdir', str(workdir), '--config.total_steps=30',
-       '--config.log_steps=10', '--config.eval_steps=30',
+       '--config.log_steps=10', '--config.evals.accuracy.every_steps=30',
        '--config.checkpoint_steps=30', '--config.schedule.warmup_steps=5',
        *overrides],
       cwd=ROOT, capture_output=True, text=True, timeout=300,

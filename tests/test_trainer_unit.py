@@ -7,7 +7,9 @@ import pytest
 
 from configs import pretrain
 from tiny_training import tiny_config
-from vit_jax import derived_config, optim, trainer
+from vit_jax import derived_config, evaluators, optim, trainer
+from vit_jax.data import inputs
+from vit_jax.evaluators import classification
 from vit_jax.data.synthetic import BatchIterator, SyntheticSource
 from vit_jax.sharding import resolve_mesh_shape
 
@@ -46,7 +48,7 @@ def test_any_dataset_is_accepted_and_left_to_the_data():
   assert config.batch_size == 64  # a power of two, at most a tenth of the data
   assert config.total_steps == 100 * 1000 // 64
   assert config.schedule.warmup_steps == config.total_steps // 10
-  assert config.real_eval is False
+  assert list(config.evals) == ['accuracy']  # no ReaL outside ImageNet-1k
 
 
 @pytest.mark.parametrize('examples,batch', [(10, 8), (200, 16), (1437, 128),
@@ -61,15 +63,16 @@ def test_warmup_and_cadence_follow_an_overridden_step_count():
   config.total_steps = 200
   derived_config.fill(config, log=lambda _: None)
   assert config.schedule.warmup_steps == 20
-  assert config.real_eval is True
+  assert dict(config.evals.real_accuracy) == {'type': 'real', 'every_steps': 1000}
   recipe = finetune.get_config('model=B/16,dataset=cifar100')
   derived_config.fill(recipe, log=lambda _: None)
-  assert (recipe.total_steps, recipe.schedule.warmup_steps, recipe.eval_steps,
+  assert (recipe.total_steps, recipe.schedule.warmup_steps,
+          recipe.evals.accuracy.every_steps,
           recipe.checkpoint_steps) == (10_000, 500, 1000, 1000)
   shorter = finetune.get_config('model=B/16,dataset=cifar100')
   shorter.total_steps = 300
   derived_config.fill(shorter, log=lambda _: None)
-  assert (shorter.schedule.warmup_steps, shorter.eval_steps,
+  assert (shorter.schedule.warmup_steps, shorter.evals.accuracy.every_steps,
           shorter.checkpoint_steps) == (15, 30, 30)
 
 
@@ -165,7 +168,7 @@ def test_eval_step_scores_multi_hot_labels_and_masks():
   setup = trainer.make_setup(tiny_config({}))
   state = trainer.init_state(setup, 0)
   params = jax.tree.map(lambda x: x + 0.05 * jnp.cos(jnp.arange(x.size).reshape(x.shape)),
-                        state['params'])
+                        state.params)
   images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
   logits = setup.model.apply({'params': params}, images)
   top1 = np.asarray(jnp.argmax(logits, -1))
@@ -177,10 +180,10 @@ def test_eval_step_scores_multi_hot_labels_and_masks():
   # 4: no label (ReaL drops it); 5-7: right but padding.
   labels[5:, :] = np.eye(10)[top1[5:]]
   mask = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
-  sums = trainer.make_eval_step(setup)(
+  sums = classification.make_eval_step(setup)(
       params, {'images': images, 'labels': labels, 'mask': mask})
   assert float(sums['correct']) == 2 and float(sums['count']) == 4
-  sums = trainer.make_eval_step(setup)(
+  sums = classification.make_eval_step(setup)(
       params, {'images': images, 'labels': top1.astype(np.int32), 'mask': mask})
   assert float(sums['correct']) == 5 and float(sums['count']) == 5
 
@@ -207,7 +210,7 @@ def test_nonfinite_updates_are_skipped_up_to_the_configured_count(allowed):
     state, history = trainer.train(config, None, train_data=train_data,
                                    log=lambda _: None)
     assert history[-1]['skipped_updates'] == 2
-    assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(state['params']))
+    assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(state.params))
   else:
     with pytest.raises(trainer.NonFiniteError,
                        match=r'at step 3: loss=nan, grad_norm=nan \(1 earlier'):
@@ -246,20 +249,29 @@ def test_log_step_metrics_are_read_after_the_next_step_is_dispatched():
 
 
 def test_evaluation_and_evaluators_run_on_their_own_steps_not_log_steps():
+  """config.evals.<name>.every_steps, not log_steps, decides when each eval
+  runs; every eval also runs at the last step."""
   config = tiny_config({'steps': 10})
   config.log_steps = 4
-  config.eval_steps = 3
-  source = SyntheticSource(num_classes=10, image_size=16, batch_size=16)
-  def eval_batches():
-    return iter([next(BatchIterator(source))])
-  probed = []
-  def evaluators(setup):
-    del setup
-    return [(5, lambda params: probed.append(1) or {'probe': 1.0})]
+  config.eval_batches = 1
+  config.evals = {
+      'held_out': dict(type='classification', split='test', every_steps=3),
+      'other': dict(type='classification', split='test', every_steps=7)}
+
+  class Probe:
+    every_steps = 5
+
+    def __call__(self, params):
+      return {'probe': 1.0}
+  train_data = inputs.make_train_input(config)  # fills eval_batch_size
+  from_config = evaluators.from_config(config, None, log=lambda _: None)
   _, history = trainer.train(
-      config, None, train_data=BatchIterator(source),
-      eval_data={'held_out': eval_batches}, evaluators=evaluators,
+      config, None, train_data=train_data,
+      evaluators=lambda setup: [*from_config(setup), Probe()],
       log=lambda _: None)
-  assert [e['step'] for e in history] == [3, 4, 5, 6, 8, 9, 10]
+  assert [e['step'] for e in history] == [3, 4, 5, 6, 7, 8, 9, 10]
   assert [e['step'] for e in history if 'eval/held_out' in e] == [3, 6, 9, 10]
+  assert [e['step'] for e in history if 'eval/other' in e] == [7, 10]
   assert [e['step'] for e in history if 'probe' in e] == [5, 10]
+  assert all(e['eval/held_out_examples'] == 16 for e in history
+             if 'eval/held_out' in e)

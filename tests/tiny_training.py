@@ -37,13 +37,16 @@ def tiny_config(options):
     config.pp_train, config.pp_eval = 'pad(1)|random_crop(8)', ''
     config.shuffle_buffer = 2_000
     config.eval_batch_size = options.get('eval_batch_size', 64)
-    config.eval_steps = config.total_steps
+    config.evals.accuracy.every_steps = config.total_steps
+  else:
+    config.evals = {}  # synthetic data: train only
   if 'fewshot_steps' in options:
     from configs.fewshot import get_fewshot_section  # pylint: disable=g-import-not-at-top
-    config.fewshot = get_fewshot_section(
-        {'digits': ('digits', 'train', 'test')}, log_steps=options['fewshot_steps'])
-    config.fewshot.shots = (1, 5)
-    config.fewshot.seeds = 2
+    config.evals.fewshot = get_fewshot_section(
+        {'digits': ('digits', 'train', 'test')},
+        every_steps=options['fewshot_steps'])
+    config.evals.fewshot.shots = (1, 5)
+    config.evals.fewshot.seeds = 2
   return config
 
 
@@ -59,31 +62,30 @@ def main():
         heartbeat_timeout_seconds=options.get('heartbeat_timeout', 100))
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vit_jax import sharding, trainer  # pylint: disable=g-import-not-at-top
-  from vit_jax.data.inputs import make_inputs  # pylint: disable=g-import-not-at-top
-  from vit_jax.train import fewshot_evaluators  # pylint: disable=g-import-not-at-top
+  from vit_jax import evaluators  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import inputs  # pylint: disable=g-import-not-at-top
   config = tiny_config(options)
-  train_data, eval_data = make_inputs(config)
-  if config.dataset == 'synthetic':
-    eval_data = {}
+  train_data = inputs.make_train_input(config)  # fills the derived values
+  make_evaluators = evaluators.from_config(
+      config, inputs.open_source(config), print)
   from vit_jax.preemption import EXIT_PREEMPTED, Preempted  # pylint: disable=g-import-not-at-top
   try:
     state, history = trainer.train(config, workdir, train_data=train_data,
-                                   eval_data=eval_data,
-                                   evaluators=fewshot_evaluators(config, print),
+                                   evaluators=make_evaluators,
                                    log=lambda line: print(line, flush=True))
   except Preempted:
     sys.exit(EXIT_PREEMPTED)
   params = jax.tree.map(
       lambda x: np.asarray(jax.experimental.multihost_utils.process_allgather(
-          x, tiled=True)), state['params'])
+          x, tiled=True)), state.params)
   leaves = jax.tree.leaves(params)
   digest = hashlib.sha256(b''.join(l.tobytes() for l in leaves)).hexdigest()
-  held = sharding.bytes_per_device((state['params'], state['opt_state']))
+  held = sharding.bytes_per_device((state.params, state.opt_state))
   summary = dict(
       losses=[h['loss'] for h in history], steps=[h['step'] for h in history],
       digest=digest, params_flat=[float(v) for l in leaves for v in l.ravel()[:64]],
       total_bytes=sum(l.nbytes for l in jax.tree.leaves(
-          (state['params'], state['opt_state']))),
+          (state.params, state.opt_state))),
       max_bytes_per_device=max(held.values()),
       num_devices=jax.device_count(),
       final={k: v for k, v in history[-1].items() if k.startswith(('eval/', 'data/'))},

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from vit_jax import checkpoints, hf_export, optim
+from vit_jax.evaluators import TYPES as EVAL_TYPES
 from vit_jax.models import resnet, vit
 from vit_jax.models.variants import get_model_config
 from vit_jax.sharding import resolve_mesh_shape
@@ -93,8 +94,18 @@ def check_model(model_config, image_size: int) -> None:
 
 
 # Keys a config may leave at None until vit_jax.derived_config fills them.
-DERIVED_KEYS = ('batch_size', 'eval_batch_size', 'total_steps', 'eval_steps',
+DERIVED_KEYS = ('batch_size', 'eval_batch_size', 'total_steps',
                 'checkpoint_steps', 'num_classes', 'train_examples')
+
+
+def _check_evals(config) -> None:
+  for name, spec in (config.get('evals') or {}).items():
+    if spec.get('type') not in EVAL_TYPES:
+      raise ConfigError(
+          f'config.evals.{name}.type={spec.get("type")!r}: expected one of '
+          f'{", ".join(EVAL_TYPES)}; set --config.evals.{name}.type.')
+    if spec.get('every_steps') is not None:  # None: derived
+      _positive_int(f'evals.{name}.every_steps', spec.every_steps)
 
 
 def check_config(config, num_devices: int) -> None:
@@ -102,13 +113,14 @@ def check_config(config, num_devices: int) -> None:
   fine-tuning) that can be checked without the data. Derived values still
   at None are skipped; the entry points check again once they are filled."""
   for key in ('batch_size', 'eval_batch_size', 'total_steps', 'log_steps',
-              'eval_steps', 'checkpoint_steps', 'accum_steps', 'image_size',
+              'checkpoint_steps', 'accum_steps', 'image_size',
               'keep_checkpoints', 'num_classes', 'train_examples', 'epochs'):
     if key in config and not (key in DERIVED_KEYS and config[key] is None):
       _positive_int(key, config[key])
   for key in ('keep_every', 'skip_nonfinite_updates', 'seed'):
     if key in config:
       _non_negative_int(key, config[key])
+  _check_evals(config)
   if config.get('shuffle_buffer') is not None:
     _positive_int('shuffle_buffer', config.shuffle_buffer)
   _one_of('loss', config.loss, LOSSES)

@@ -50,11 +50,14 @@ def fill(config, log: Callable[[str], None] = print) -> None:
     config.schedule.warmup_steps = optim.warmup_steps_of(config.schedule,
                                                          config.total_steps)
     derived.append(f'warmup_steps {config.schedule.warmup_steps}')
-  for key in ('eval_steps', 'checkpoint_steps'):
-    if key in config and config[key] is None:
-      config[key] = max(1, config.total_steps // 10)
-      derived.append(f'{key} {config[key]}')
-  if 'real_eval' in config and config.real_eval is None:
-    config.real_eval = config.dataset == 'imagenet2012'
+  tenth = max(1, config.total_steps // 10)
+  if config.get('checkpoint_steps', 0) is None:
+    config.checkpoint_steps = tenth
+    derived.append(f'checkpoint_steps {tenth}')
+  for name, spec in (config.get('evals') or {}).items():
+    # Evals may share one cadence (a FieldReference): filled once.
+    if spec.get('every_steps', 0) is None:
+      spec.every_steps = tenth
+      derived.append(f'evals.{name}.every_steps {tenth}')
   if derived:
     log('derived: ' + ', '.join(derived))

@@ -34,7 +34,7 @@ def pretrained_params(config, workdir=None, log=print):
 
   def load(setup):
     return transfer.load_pretrained(
-        config.init_from, setup.state_shapes['params'], config.model,
+        config.init_from, setup.state_shapes.params, config.model,
         dont_load=tuple(config.dont_load), posemb_order=config.posemb_order,
         log=log, already_read=already_read)
   return load
@@ -68,7 +68,7 @@ def export(params, config, workdir: str) -> None:
 def main():
   config, workdir = app.CONFIG.value, app.WORKDIR.value
   train.run(pretrained=pretrained_params(config, workdir, app.console),
-            finish=(lambda state: export(state['params'], config, workdir))
+            finish=(lambda state: export(state.params, config, workdir))
             if config.export else None)
 
 

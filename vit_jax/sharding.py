@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -101,6 +102,27 @@ def logical_constraints(mesh: Mesh, rules: Sequence[tuple[str, Any]]):
   with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
       nn.logical_axis_rules(tuple(rules)):
     yield
+
+
+def optimizer_state_shardings(tx, opt_state_shapes: Any, param_shardings: Any,
+                              mesh: Mesh) -> Any:
+  """Each optimizer-state leaf that mirrors a parameter (Adam's moments)
+  takes that parameter's sharding when its shape allows it; the rest
+  (counts, Adafactor's factored moments, whose shapes differ from the
+  parameter's) are replicated."""
+  fallback = replicated(mesh)
+
+  def fit(leaf, target: NamedSharding) -> NamedSharding:
+    spec = tuple(target.spec)
+    if len(spec) > len(leaf.shape):
+      return fallback
+    for dim, axes in zip(leaf.shape, spec):
+      axes = (axes,) if isinstance(axes, str) else (axes or ())
+      if dim % int(np.prod([target.mesh.shape[a] for a in axes])):
+        return fallback
+    return target
+  return optax.tree_map_params(tx, fit, opt_state_shapes, param_shardings,
+                               transform_non_params=lambda _: fallback)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

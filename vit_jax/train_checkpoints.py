@@ -236,7 +236,8 @@ def _param_shapes(state: Any) -> dict[str, tuple]:
   """'params/...' leaf path -> shape, for any tree of arrays or metadata."""
   shapes = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-    key = '/'.join(str(getattr(p, 'key', getattr(p, 'idx', p))) for p in path)
+    key = '/'.join(str(getattr(p, 'key', getattr(p, 'name', getattr(p, 'idx', p))))
+                   for p in path)
     if key.startswith('params/') and hasattr(leaf, 'shape'):
       shapes[key] = tuple(leaf.shape)
   return shapes

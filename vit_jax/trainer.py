@@ -1,18 +1,17 @@
 """The one train loop, shared by pre-training and fine-tuning.
 
-State is a plain dict: params, opt_state, step, rng (raw key data),
-nonfinite_step (-1 until a loss or gradient norm first turns NaN/Inf and
-the update is not skipped), nonfinite_values (loss and gradient norm at
-that step) and skipped_updates. The
-train step is a pure function of (state, batch), jitted with explicit
-shardings and a donated state. Dropout keys derive from (rng, step) alone,
-and JAX's partitionable threefry makes them independent of the mesh.
+The state is one `TrainState` (a pytree); its shapes, shardings, fresh
+value and update all come from that one definition. The train step is a
+pure function of (state, batch), jitted with explicit shardings and a
+donated state. Dropout keys derive from (rng, step) alone, and JAX's
+partitionable threefry makes them independent of the mesh.
 """
 
 import dataclasses
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -23,15 +22,14 @@ import optax
 from vit_jax import metrics as metrics_lib
 from vit_jax import config_checks, derived_config, optim, sharding
 from vit_jax.config_checks import LOSSES
-from vit_jax.evaluation import evaluate, make_eval_step
 from vit_jax.user_errors import ConfigError
 from vit_jax.sharding import rules_of
 from vit_jax.checkpoints import flatten_params, unflatten_params
+from vit_jax.data.inputs import TrainInput
 from vit_jax.models import build_model
 from vit_jax.preemption import Preempted, PreemptionWatcher
 from vit_jax.train_checkpoints import StateCheckpointer, abstract_with_shardings
 
-State = dict[str, Any]
 _global_norm = optax.tree.norm if hasattr(optax, 'tree') else optax.global_norm
 
 
@@ -55,17 +53,30 @@ def classification_loss(logits: jax.Array, labels: jax.Array, *, kind: str,
   raise ValueError(f'unknown loss {kind!r}; expected one of {LOSSES}.')
 
 
-def _fit(leaf: Any, target: jax.sharding.NamedSharding, fallback):
-  """`target` if it can shard `leaf` (e.g. not for Adafactor's factored
-  moments, whose shapes differ from the parameter's), else `fallback`."""
-  spec = tuple(target.spec)
-  if len(spec) > len(leaf.shape):
-    return fallback
-  for dim, axes in zip(leaf.shape, spec):
-    axes = (axes,) if isinstance(axes, str) else (axes or ())
-    if dim % int(np.prod([target.mesh.shape[a] for a in axes])):
-      return fallback
-  return target
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint holds besides the input position.
+
+  `nonfinite_step` is -1 until a loss or gradient norm first turns NaN/Inf
+  and the update is not skipped; `nonfinite_values` are the loss and
+  gradient norm at that step; `skipped_updates` counts the updates skipped
+  under `config.skip_nonfinite_updates`."""
+  params: Any
+  opt_state: Any
+  step: jax.Array
+  rng: jax.Array  # raw key data, so checkpoints hold plain integers
+  nonfinite_step: jax.Array
+  nonfinite_values: jax.Array
+  skipped_updates: jax.Array
+
+  @classmethod
+  def create(cls, params, tx: optax.GradientTransformation,
+             rng: jax.Array) -> 'TrainState':
+    return cls(params=params, opt_state=tx.init(params),
+               step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(rng),
+               nonfinite_step=jnp.full((), -1, jnp.int32),
+               nonfinite_values=jnp.zeros((2,), jnp.float32),
+               skipped_updates=jnp.zeros((), jnp.int32))
 
 
 @dataclasses.dataclass
@@ -76,11 +87,11 @@ class TrainSetup:
   model: nn.Module
   tx: optax.GradientTransformation
   schedule: Callable[[jax.Array], jax.Array]
-  state_shapes: State
-  state_shardings: State
+  state_shapes: TrainState
+  state_shardings: TrainState
 
   @property
-  def abstract_state(self) -> State:
+  def abstract_state(self) -> TrainState:
     return abstract_with_shardings(self.state_shapes, self.state_shardings)
 
 
@@ -102,25 +113,18 @@ def make_setup(config: ml_collections.ConfigDict,
       lambda: model.init(jax.random.key(0), jnp.zeros(image_shape))['params'])
   param_shardings = sharding.logical_shardings(
       mesh, nn.get_partition_spec(boxed), rules_of(config))
-  params = nn.unbox(boxed)
-  opt_state = jax.eval_shape(tx.init, params)
-  replicated = sharding.replicated(mesh)
-  opt_shardings = optax.tree_map_params(
-      tx, lambda leaf, target: _fit(leaf, target, replicated), opt_state,
-      param_shardings, transform_non_params=lambda _: replicated)
-  scalar = jax.ShapeDtypeStruct((), jnp.int32)
-  shapes = dict(params=params, opt_state=opt_state, step=scalar,
-                rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
-                nonfinite_step=scalar, skipped_updates=scalar,
-                nonfinite_values=jax.ShapeDtypeStruct((2,), jnp.float32))
-  shardings = dict(params=param_shardings, opt_state=opt_shardings,
-                   step=replicated, rng=replicated, nonfinite_step=replicated,
-                   skipped_updates=replicated, nonfinite_values=replicated)
+  shapes = jax.eval_shape(lambda: TrainState.create(
+      nn.unbox(boxed), tx, jax.random.key(0)))
+  replicated = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  shardings = replicated.replace(
+      params=param_shardings,
+      opt_state=sharding.optimizer_state_shardings(
+          tx, shapes.opt_state, param_shardings, mesh))
   return TrainSetup(config, mesh, model, tx, schedule, shapes, shardings)
 
 
 def init_state(setup: TrainSetup, seed: int,
-               pretrained: dict[str, np.ndarray] | None = None) -> State:
+               pretrained: dict[str, np.ndarray] | None = None) -> TrainState:
   """A fresh state, created directly in its shardings. `pretrained` (flat
   'a/b/c' names -> host arrays, e.g. from vit_jax.transfer) replaces those
   parameters; the optimizer state is then initialized from the result."""
@@ -130,29 +134,24 @@ def init_state(setup: TrainSetup, seed: int,
     init_rng, train_rng = jax.random.split(jax.random.key(seed))
     images = jnp.zeros((1, config.image_size, config.image_size, 3))
     params = nn.unbox(model.init(init_rng, images)['params'])
-    return dict(params=params, opt_state=setup.tx.init(params),
-                step=jnp.zeros((), jnp.int32),
-                rng=jax.random.key_data(train_rng),
-                nonfinite_step=jnp.full((), -1, jnp.int32),
-                skipped_updates=jnp.zeros((), jnp.int32),
-                nonfinite_values=jnp.zeros((2,), jnp.float32))
+    return TrainState.create(params, setup.tx, train_rng)
 
   state = jax.jit(init, out_shardings=setup.state_shardings)(seed)
   if not pretrained:
     return state
-  flat = flatten_params(state['params'])
+  flat = flatten_params(state.params)
   for key, value in pretrained.items():
     # Every process holds the whole array and contributes its shards.
     flat[key] = jax.make_array_from_callback(
         value.shape, flat[key].sharding, lambda index, value=value: value[index])
   with_optimizer = jax.jit(
-      lambda params, state: {**state, 'params': params,
-                             'opt_state': setup.tx.init(params)},
+      lambda params, state: state.replace(
+          params=params, opt_state=setup.tx.init(params)),
       out_shardings=setup.state_shardings, donate_argnums=(1,))
   return with_optimizer(unflatten_params(flat), state)
 
 
-def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
+def make_train_step(setup: TrainSetup) -> Callable[[TrainState, dict], tuple]:
   config, model, tx = setup.config, setup.model, setup.tx
   rules = rules_of(config)
   accum = config.accum_steps
@@ -168,9 +167,9 @@ def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
 
   def train_step(state, batch):
     with sharding.logical_constraints(setup.mesh, rules):
-      step = state['step']
-      rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), step)
-      params = state['params']
+      step = state.step
+      rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
+      params = state.params
       if accum == 1:
         loss, grads = grad_fn(params, batch['images'], batch['labels'], rng)
       else:
@@ -192,32 +191,31 @@ def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
             accumulate, zeros, (jnp.arange(accum), micro))
         loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
       grad_norm = _global_norm(grads)
-      updates, opt_state = tx.update(grads, state['opt_state'], params)
+      updates, opt_state = tx.update(grads, state.opt_state, params)
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
       # Up to `skip_nonfinite_updates` bad steps leave params and optimizer
       # state as they were; the next one stops the run.
       new_params = optax.apply_updates(params, updates)
       if max_skips:
-        skip = ~finite & (state['skipped_updates'] < max_skips)
+        skip = ~finite & (state.skipped_updates < max_skips)
         keep_old = lambda new, old: jnp.where(skip, old, new)
         new_params = jax.tree.map(keep_old, new_params, params)
-        opt_state = jax.tree.map(keep_old, opt_state, state['opt_state'])
+        opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)
       else:
         # No select over the whole state on the hot path when nothing may
         # be skipped.
         skip = jnp.zeros((), bool)
-      first_bad = (state['nonfinite_step'] < 0) & ~finite & ~skip
-      new_state = dict(
-          params=new_params, opt_state=opt_state,
-          step=step + 1, rng=state['rng'],
-          nonfinite_step=jnp.where(first_bad, step, state['nonfinite_step']),
+      first_bad = (state.nonfinite_step < 0) & ~finite & ~skip
+      new_state = state.replace(
+          params=new_params, opt_state=opt_state, step=step + 1,
+          nonfinite_step=jnp.where(first_bad, step, state.nonfinite_step),
           nonfinite_values=jnp.where(first_bad, jnp.stack([loss, grad_norm]),
-                                     state['nonfinite_values']),
-          skipped_updates=state['skipped_updates'] + skip.astype(jnp.int32))
+                                     state.nonfinite_values),
+          skipped_updates=state.skipped_updates + skip.astype(jnp.int32))
       metrics = dict(loss=loss, grad_norm=grad_norm,
                      learning_rate=setup.schedule(step),
-                     skipped_updates=new_state['skipped_updates'],
-                     nonfinite_step=new_state['nonfinite_step'])
+                     skipped_updates=new_state.skipped_updates,
+                     nonfinite_step=new_state.nonfinite_step)
       return new_state, metrics
 
   batch_sharding = sharding.batch_sharding(setup.mesh)
@@ -227,11 +225,11 @@ def make_train_step(setup: TrainSetup) -> Callable[[State, dict], tuple]:
       out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)))
 
 
-def _check_finite(state: State) -> None:
-  bad = int(jax.device_get(state['nonfinite_step']))
+def _check_finite(state: TrainState) -> None:
+  bad = int(jax.device_get(state.nonfinite_step))
   if bad >= 0:
-    loss, grad_norm = (float(v) for v in jax.device_get(state['nonfinite_values']))
-    skipped = int(jax.device_get(state['skipped_updates']))
+    loss, grad_norm = (float(v) for v in jax.device_get(state.nonfinite_values))
+    skipped = int(jax.device_get(state.skipped_updates))
     raise NonFiniteError(
         f'non-finite values at step {bad}: loss={loss}, grad_norm={grad_norm}'
         f' ({skipped} earlier non-finite updates skipped); the run stops '
@@ -265,20 +263,18 @@ def _check_images(host_batch: dict, config) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | None, *,
-          train_data, eval_data: dict[str, Callable[[], Iterator[dict]]] | None = None,
+          train_data: TrainInput,
+          evaluators: Callable[[TrainSetup], list] | None = None,
           mesh: jax.sharding.Mesh | None = None,
           pretrained: Callable[[TrainSetup], dict] | None = None,
-          evaluators: Callable[[TrainSetup], list] | None = None,
-          log: Callable[[str], None] = print) -> tuple[State, list[dict]]:
+          log: Callable[[str], None] = print) -> tuple[TrainState, list[dict]]:
   """Trains to `config.total_steps`, resuming from `workdir` if it holds a
-  checkpoint. `train_data` is an iterator of host batches with
-  get_state/set_state (and optionally metrics()); `eval_data[name]()` yields
-  a fresh pass of eval batches, logged as eval/<name>. `pretrained(setup)`
-  gives parameters to start from (fine-tuning); it is not called when the
-  run resumes from its own checkpoint. `evaluators(setup)` gives
-  (every_steps, fn) pairs; fn(params) returns scalars to log (e.g. few-shot
-  probes). Returns the final state and the logged metrics."""
-  eval_data = eval_data or {}
+  checkpoint. `train_data` gives host batches (`TrainInput`).
+  `evaluators(setup)` gives the evaluators (`vit_jax.evaluators`), each
+  called on the parameters every `every_steps` steps and at the end.
+  `pretrained(setup)` gives parameters to start from (fine-tuning); it is
+  not called when the run resumes from its own checkpoint. Returns the final
+  state and the logged metrics."""
   setup = make_setup(config, mesh)
   checkpointer = None
   state = None
@@ -297,8 +293,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
     state = init_state(setup, config.seed,
                        pretrained(setup) if pretrained else None)
   train_step = make_train_step(setup)
-  eval_step = make_eval_step(setup) if eval_data else None
-  extra_evaluators = evaluators(setup) if evaluators else []
+  running = evaluators(setup) if evaluators else []
   writer = metrics_lib.MetricWriter(workdir)
   throughput = metrics_lib.Throughput(
       batch_size=config.batch_size,
@@ -307,7 +302,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
       total_steps=config.total_steps, num_devices=setup.mesh.size)
   history = []
   watcher = PreemptionWatcher().install()
-  step = int(jax.device_get(state['step']))
+  step = int(jax.device_get(state.step))
   throughput.update(step)
   # A log step's metrics stay on the device until the next step has been
   # dispatched, so reading them never leaves the device idle. Steps that
@@ -319,8 +314,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
     if scalars.pop('nonfinite_step') >= 0:
       _check_finite(state)
     scalars.update(throughput.update(logged_step))
-    if hasattr(train_data, 'metrics'):
-      scalars.update(train_data.metrics())
+    scalars.update(train_data.metrics())
     return scalars
 
   def write(logged_step, scalars):
@@ -353,24 +347,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
           checkpointer.should_save(step, final) or stop)
       # Each cadence is its own: an eval step that is not a log step still
       # evaluates (and logs the train metrics beside the eval results).
-      evaluating = eval_step is not None and (
-          step % config.eval_steps == 0 or final)
-      due = [evaluator for every, evaluator in extra_evaluators
-             if step % every == 0 or final]
-      if step % config.log_steps == 0 or final or evaluating or due:
-        if not (final or stop or saving or evaluating or due):
+      due = [e for e in running if final or step % e.every_steps == 0]
+      if step % config.log_steps == 0 or final or due:
+        if not (final or stop or saving or due):
           for value in jax.tree.leaves(step_metrics):
             value.copy_to_host_async()
           pending = (step, step_metrics)
         else:
           scalars = read_metrics(step, step_metrics)
-          if evaluating:
-            for name, batches in eval_data.items():
-              scalars[f'eval/{name}'], scalars[f'eval/{name}_examples'] = (
-                  evaluate(eval_step, state['params'], batches(), setup.mesh))
-            throughput.restart(step)
           for evaluator in due:
-            scalars.update(evaluator(state['params']))
+            scalars.update(evaluator(state.params))
             throughput.restart(step)
           write(step, scalars)
       if saving:

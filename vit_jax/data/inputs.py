@@ -5,35 +5,45 @@ the benchmark and the trainer's tests) runs without it.
 """
 
 import logging
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import jax
 
 from vit_jax.data.synthetic import BatchIterator, SyntheticSource
 from vit_jax.user_errors import ConfigError
 
-EvalData = dict[str, Callable[[], Iterator[dict]]]
+# A factory of fresh passes over an eval split (host batches with a 'mask').
+EvalPasses = Callable[[], Iterator[dict]]
 
 
-def _synthetic(config) -> tuple[BatchIterator, EvalData]:
-  common = dict(num_classes=config.num_classes, image_size=config.image_size,
-                process_index=jax.process_index(),
-                process_count=jax.process_count())
-  train = SyntheticSource(batch_size=config.batch_size, seed=config.seed,
-                          **common)
-  evaluation = SyntheticSource(batch_size=config.eval_batch_size,
-                               seed=config.seed, **common)
-  # Eval batches come from the far end of the same stream: unseen examples
-  # of the same classes.
-  first_eval = 10**9
-  return BatchIterator(train), {'accuracy': lambda: (
-      evaluation.batch(first_eval + i) for i in range(config.eval_batches))}
+class TrainInput(Protocol):
+  """What the train loop reads: host batches ({'images', 'labels'}), a
+  position it checkpoints and restores (collective on multi-host runs), and
+  scalars to log beside the train metrics."""
+
+  def __next__(self) -> dict[str, Any]: ...
+
+  def get_state(self) -> dict[str, Any]: ...
+
+  def set_state(self, state: dict[str, Any]) -> None: ...
+
+  def metrics(self) -> dict[str, float]: ...
+
+
+def _synthetic_source(config, batch_size: int) -> SyntheticSource:
+  return SyntheticSource(
+      batch_size=batch_size, seed=config.seed, num_classes=config.num_classes,
+      image_size=config.image_size, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+
+def split_or_none(split: str | None) -> str | None:
+  """A split setting, where 'None' typed on the command line means none."""
+  return None if split in (None, '', 'None', 'none') else split
 
 
 def eval_split(config) -> str | None:
-  """config.eval_split, where 'None' typed on the command line means none."""
-  split = config.get('eval_split')
-  return None if split in (None, '', 'None', 'none') else split
+  return split_or_none(config.get('eval_split'))
 
 
 def _op_string(config, key: str, sizes: dict) -> str:
@@ -135,48 +145,62 @@ def resolve_from_data(config, source, log: Callable[[str], None] = print) -> Non
         log(f'from the data: {count} training examples')
 
 
-def make_inputs(config, source=None) -> tuple[object, EvalData]:
-  """(train iterator, {metric name: eval pass factory}) for config.dataset.
-  `source` is `open_source(config)`, given by callers that have already
-  filled the derived values (`resolve_from_data`,
-  `vit_jax.derived_config.fill`, as the entry points do, with logging);
-  without it they are filled here quietly."""
+def make_train_input(config, source=None) -> TrainInput:
+  """The train iterator for config.dataset. `source` is
+  `open_source(config)`, given by callers that have already filled the
+  derived values (`resolve_from_data`, `vit_jax.derived_config.fill`, as the
+  entry points do, with logging); without it they are filled here quietly."""
   from vit_jax import derived_config  # pylint: disable=g-import-not-at-top
   quiet = lambda _: None  # pylint: disable=unnecessary-lambda-assignment
   if config.dataset == 'synthetic':
     derived_config.fill(config, quiet)
-    return _synthetic(config)
-  from vit_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
-  process = dict(process_index=jax.process_index(),
-                 process_count=jax.process_count())
+    return BatchIterator(_synthetic_source(config, config.batch_size))
+  from vit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   if source is None:
     source = open_source(config)
     resolve_from_data(config, source, quiet)
     derived_config.fill(config, quiet)
-  pp_train, pp_eval = op_string(config, 'pp_train'), op_string(config, 'pp_eval')
+  pp_train = op_string(config, 'pp_train')
   if source.num_classes != config.num_classes:
     raise ConfigError(
         f'dataset {config.dataset!r} has {source.num_classes} classes but '
         f'config.num_classes={config.num_classes}; set --config.num_classes='
         f'{source.num_classes}.')
-  train = pipeline.TrainIterator(
+  return pipeline.TrainIterator(
       source, config.train_split, pp=pp_train,
       batch_size=config.batch_size, seed=config.seed,
       shuffle_buffer=config.shuffle_buffer, cache_raw=config.cache_raw,
-      on_corrupt=config.on_corrupt, num_classes=config.num_classes, **process)
-  evals = {}
-  eval_common = dict(pp=pp_eval, batch_size=config.eval_batch_size,
-                     on_corrupt=config.on_corrupt, cache=config.cache_eval,
-                     **process)
-  if eval_split(config):
-    evals['accuracy'] = pipeline.eval_batches(source, eval_split(config),
-                                              **eval_common)
-  if config.get('real_eval'):
-    try:
-      real = sources.TfdsSource('imagenet2012_real', config.data_dir,
-                                label_key='real_label')
-      evals['real_accuracy'] = pipeline.eval_batches(real, 'validation',
-                                                     **eval_common)
-    except sources.DatasetNotFoundError as e:
-      logging.warning('skipping the ImageNet ReaL evaluation: %s', e)
-  return train, evals
+      on_corrupt=config.on_corrupt, num_classes=config.num_classes,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def eval_passes(config, source, split: str) -> EvalPasses:
+  """Fresh passes over `split` of config.dataset through config.pp_eval
+  (`source` from `open_source`). The synthetic source has no splits: its
+  eval batches come from the far end of the training stream, unseen
+  examples of the same classes, config.eval_batches of them."""
+  if source is None:
+    evaluation = _synthetic_source(config, config.eval_batch_size)
+    first_eval = 10**9
+    return lambda: (evaluation.batch(first_eval + i)
+                    for i in range(config.eval_batches))
+  from vit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.eval_batches(
+      source, split, pp=op_string(config, 'pp_eval'),
+      batch_size=config.eval_batch_size, on_corrupt=config.on_corrupt,
+      cache=config.cache_eval, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+
+def real_passes(config) -> EvalPasses | None:
+  """Passes over ImageNet's validation images with their ReaL labels
+  (multi-hot, `imagenet2012_real` in TFDS), or None with a warning when that
+  dataset is not prepared in config.data_dir."""
+  from vit_jax.data import sources  # pylint: disable=g-import-not-at-top
+  try:
+    real = sources.TfdsSource('imagenet2012_real', config.data_dir,
+                              label_key='real_label')
+  except sources.DatasetNotFoundError as e:
+    logging.warning('skipping the ImageNet ReaL evaluation: %s', e)
+    return None
+  return eval_passes(config, real, 'validation')

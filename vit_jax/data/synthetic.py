@@ -63,7 +63,10 @@ class BatchIterator:
     return batch
 
   def get_state(self) -> dict[str, int]:
-    return {'next_index': self.next_index}
+    return {'next_batch': self.next_index}
 
   def set_state(self, state: dict[str, int]) -> None:
-    self.next_index = int(state['next_index'])
+    self.next_index = int(state['next_batch'])
+
+  def metrics(self) -> dict[str, float]:
+    return {}  # generated batches: nothing is ever skipped

@@ -119,6 +119,7 @@ class FewshotEvaluator:
                rules=(), log: Callable[[str], None] = logging.warning):
     from vit_jax.data import inputs, pipeline, sources  # pylint: disable=g-import-not-at-top
     self.config, self.mesh = fewshot_config, mesh
+    self.every_steps = fewshot_config.get('every_steps')  # in training
     self.feature_fn = make_feature_fn(model_config, mesh, rules)
     pp = fewshot_config.pp.format(image_size=image_size)
     process = dict(process_index=jax.process_index(),

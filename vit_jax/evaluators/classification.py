@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import sharding
+from vit_jax.trainer import TrainSetup
 
 
-def make_eval_step(setup: Any) -> Callable[[Any, dict], dict]:
-  """For a trainer.TrainSetup: sums of correct predictions and counted examples; a `mask` (padded
+def make_eval_step(setup: TrainSetup) -> Callable[[Any, dict], dict]:
+  """Sums of correct predictions and counted examples; a `mask` (padded
   examples 0) makes every example count exactly once."""
   model, rules = setup.model, sharding.rules_of(setup.config)
 
@@ -34,7 +35,7 @@ def make_eval_step(setup: Any) -> Callable[[Any, dict], dict]:
     return dict(correct=jnp.sum(correct * mask), count=jnp.sum(mask))
 
   return jax.jit(eval_step, in_shardings=(
-      setup.state_shardings['params'], sharding.batch_sharding(setup.mesh)))
+      setup.state_shardings.params, sharding.batch_sharding(setup.mesh)))
 
 
 def evaluate(eval_step, params, batches: Iterator[dict], mesh) -> tuple[float, int]:
@@ -45,3 +46,23 @@ def evaluate(eval_step, params, batches: Iterator[dict], mesh) -> tuple[float, i
     correct += float(sums['correct'])
     count += float(sums['count'])
   return correct / max(count, 1.), int(count)
+
+
+class ClassificationEvaluator:
+  """Top-1 accuracy over one pass of `passes()`, logged as eval/<name> and
+  eval/<name>_examples (single or multi-hot labels)."""
+
+  def __init__(self, name: str, passes: Callable[[], Iterator[dict]],
+               every_steps: int, setup: TrainSetup):
+    self.name, self.passes, self.every_steps = name, passes, every_steps
+    self.mesh = setup.mesh
+    self.eval_step = make_eval_step(setup)
+
+  def __call__(self, params) -> dict[str, float]:
+    accuracy, count = evaluate(self.eval_step, params, self.passes(), self.mesh)
+    return {f'eval/{self.name}': accuracy, f'eval/{self.name}_examples': count}
+
+
+def maker(name: str, passes, every_steps: int
+          ) -> Callable[[TrainSetup], ClassificationEvaluator]:
+  return lambda setup: ClassificationEvaluator(name, passes, every_steps, setup)
