@@ -124,10 +124,11 @@ def test_image_not_divisible_by_patch_is_named(images):
     model.init(jax.random.key(0), images)
 
 
-def test_bad_classifier_is_named(images):
-  model = build(tiny_model_config(classifier='cls'))
+def test_bad_options_are_named_when_the_model_is_built():
   with pytest.raises(ValueError, match=r"unknown classifier 'cls'"):
-    model.init(jax.random.key(0), images)
+    build(tiny_model_config(classifier='cls'))
+  with pytest.raises(ValueError, match=r"unknown posemb 'sincos'"):
+    build(tiny_model_config(posemb='sincos'))
 
 
 def test_rectangular_images_and_patches(images):

@@ -14,10 +14,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def tiny_config(options):
   from configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
+  from conftest import tiny_model_config  # pylint: disable=g-import-not-at-top
   config = get_config('model=Ti/16,dataset=synthetic,batch_size=16')
   config.image_size = 16
-  config.model.update(patch_size=(4, 4), hidden_size=32, mlp_dim=64,
-                      num_heads=4, num_layers=2, representation_size=None)
+  config.model = tiny_model_config()
   config.total_steps = options.get('steps', 4)
   config.schedule.update(base_lr=1e-3, warmup_steps=1, decay_type='cosine')
   config.schedule.update(options.get('schedule', {}))

@@ -5,7 +5,7 @@ from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models.vit import ViTOptions, VisionTransformer
 
 # Config keys that describe the variant but are no constructor argument.
 _DESCRIPTIVE_KEYS = ('name',)
@@ -20,15 +20,14 @@ def build_model(model_config: Mapping[str, Any],
   kwargs = dict(model_config)
   for key in _DESCRIPTIVE_KEYS:
     kwargs.pop(key, None)
-  fields = {f.name for f in dataclasses.fields(VisionTransformer)
-            if f.name not in ('parent', 'name')}
+  fields = {f.name for f in dataclasses.fields(ViTOptions)}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
     raise ValueError(
         f'unknown model config keys {unknown}; valid keys are '
-        f'{sorted(fields - {"num_classes"})}.')
+        f'{sorted(fields)}.')
   kwargs['patch_size'] = tuple(kwargs['patch_size'])
   if kwargs.get('resnet_layers') is not None:
     kwargs['resnet_layers'] = tuple(kwargs['resnet_layers'])
   kwargs['dtype'] = jnp.dtype(kwargs.get('dtype', 'float32'))
-  return VisionTransformer(num_classes=num_classes, **kwargs)
+  return VisionTransformer(ViTOptions(**kwargs), num_classes)

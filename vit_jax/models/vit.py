@@ -8,8 +8,9 @@ parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`, ...) that
 that are no-ops outside a mesh.
 """
 
+import dataclasses
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -38,6 +39,48 @@ LAYER_NORM_EPS = 1e-6
 
 
 _logical = nn.with_logical_partitioning
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTOptions:
+  """Every option of the model, declared once: the model section of a
+  config (`vit_jax/models/variants.py`) becomes one of these, and each
+  module reads what it needs from it.
+
+  Parameters are kept in float32; `dtype` is the computation dtype (e.g.
+  bfloat16). `resnet_layers` (stage sizes of a BiT ResNet stem) makes a
+  hybrid. `scan` stacks the blocks' parameters along a layer axis
+  (big_vision's layout); `remat_policy` is one of REMAT_POLICIES.
+  """
+  patch_size: tuple[int, int]
+  hidden_size: int
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0
+  classifier: str = 'token'
+  representation_size: Optional[int] = None
+  head_bias_init: float = 0.0
+  posemb: str = 'learn'
+  resnet_layers: Optional[tuple[int, ...]] = None
+  resnet_width_factor: float = 1.0
+  scan: bool = False
+  remat_policy: str = 'none'
+  attention_implementation: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    if self.classifier not in CLASSIFIERS:
+      raise ValueError(f'unknown classifier {self.classifier!r}; expected one '
+                       f'of {CLASSIFIERS}.')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'unknown remat_policy {self.remat_policy!r}; expected '
+                       f'one of {REMAT_POLICIES}.')
+    if self.posemb not in POSEMB_TYPES:
+      raise ValueError(
+          f'unknown posemb {self.posemb!r}; expected one of {POSEMB_TYPES}.')
 
 
 def _layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
@@ -83,12 +126,7 @@ class Encoder1DBlock(nn.Module):
   output) pair `nn.scan` expects.
   """
 
-  mlp_dim: int
-  num_heads: int
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  attention_implementation: Optional[str] = None
-  dtype: Dtype = jnp.float32
+  options: ViTOptions
   scanned: bool = False
 
   def _drop_path(self, y: jax.Array, rate, deterministic: bool) -> jax.Array:
@@ -101,18 +139,18 @@ class Encoder1DBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, droppath_rate, deterministic: bool):
-    y = _layer_norm('LayerNorm_0', self.dtype)(x)
+    o = self.options
+    y = _layer_norm('LayerNorm_0', o.dtype)(x)
     y = MultiHeadDotProductAttention(
-        num_heads=self.num_heads,
-        attention_dropout_rate=self.attention_dropout_rate,
-        implementation=self.attention_implementation, dtype=self.dtype,
+        num_heads=o.num_heads, attention_dropout_rate=o.attention_dropout_rate,
+        implementation=o.attention_implementation, dtype=o.dtype,
         name='MultiHeadDotProductAttention_0')(y, deterministic=deterministic)
-    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    y = nn.Dropout(o.dropout_rate)(y, deterministic=deterministic)
     x = x + self._drop_path(y, droppath_rate, deterministic)
 
-    y = _layer_norm('LayerNorm_1', self.dtype)(x)
-    y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-                 dtype=self.dtype, name='MlpBlock_0')(
+    y = _layer_norm('LayerNorm_1', o.dtype)(x)
+    y = MlpBlock(mlp_dim=o.mlp_dim, dropout_rate=o.dropout_rate,
+                 dtype=o.dtype, name='MlpBlock_0')(
                      y, deterministic=deterministic)
     x = x + self._drop_path(y, droppath_rate, deterministic)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
@@ -128,56 +166,39 @@ class Encoder(nn.Module):
   vit_jax layout). `checkpoints.stack_encoder_blocks` converts between them.
   """
 
-  num_layers: int
-  mlp_dim: int
-  num_heads: int
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  posemb: str = 'learn'
-  scan: bool = False
-  remat_policy: str = 'none'
-  attention_implementation: Optional[str] = None
-  dtype: Dtype = jnp.float32
+  options: ViTOptions
 
   def _block_class(self):
-    if self.remat_policy == 'none':
+    o = self.options
+    if o.remat_policy == 'none':
       return Encoder1DBlock
-    policy = (None if self.remat_policy == 'full' else
-              getattr(jax.checkpoint_policies, self.remat_policy))
+    policy = (None if o.remat_policy == 'full' else
+              getattr(jax.checkpoint_policies, o.remat_policy))
     # Argument 3 (0 is self) is the Python bool `deterministic`.
-    return nn.remat(Encoder1DBlock, prevent_cse=not self.scan,
+    return nn.remat(Encoder1DBlock, prevent_cse=not o.scan,
                     static_argnums=(3,), policy=policy)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, grid: tuple[int, int],
                num_prefix_tokens: int, deterministic: bool) -> jax.Array:
+    o = self.options
     width = x.shape[-1]
-    if self.posemb == 'learn':
+    if o.posemb == 'learn':
       x = AddPositionEmbs(name='posembed_input')(x)
-    elif self.posemb == 'sincos2d':
+    else:  # 'sincos2d'
       # The prefix (class) token gets no position signal.
       posemb = np.concatenate(
           [np.zeros((1, num_prefix_tokens, width), np.float32),
            sincos2d_posemb(*grid, width)], axis=1)
-      x = x + jnp.asarray(posemb, self.dtype)
-    else:
-      raise ValueError(
-          f'unknown posemb {self.posemb!r}; expected one of {POSEMB_TYPES}.')
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+      x = x + jnp.asarray(posemb, o.dtype)
+    x = nn.Dropout(o.dropout_rate)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
     # Stochastic depth grows linearly with depth, 0 at the first block.
-    rates = (np.linspace(0., self.stochastic_depth, self.num_layers)
-             if self.stochastic_depth > 0. else None)
-    block_kwargs = dict(
-        mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-        dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate,
-        attention_implementation=self.attention_implementation,
-        dtype=self.dtype)
+    rates = (np.linspace(0., o.stochastic_depth, o.num_layers)
+             if o.stochastic_depth > 0. else None)
     block_class = self._block_class()
-    if self.scan:
+    if o.scan:
       scanned = nn.scan(
           block_class,
           # Recorded attention probabilities (vit_jax.attention_maps)
@@ -185,16 +206,16 @@ class Encoder(nn.Module):
           variable_axes={'params': 0, 'intermediates': 0},
           split_rngs={'params': True, 'dropout': True},
           in_axes=(0 if rates is not None else nn.broadcast, nn.broadcast),
-          length=self.num_layers,
+          length=o.num_layers,
           metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = scanned(name='encoderblock', scanned=True, **block_kwargs)(
+      x, _ = scanned(o, name='encoderblock', scanned=True)(
           x, None if rates is None else jnp.asarray(rates, jnp.float32),
           deterministic)
     else:
-      for i in range(self.num_layers):
-        x = block_class(name=f'encoderblock_{i}', **block_kwargs)(
+      for i in range(o.num_layers):
+        x = block_class(o, name=f'encoderblock_{i}')(
             x, None if rates is None else float(rates[i]), deterministic)
-    return _layer_norm('encoder_norm', self.dtype)(x)
+    return _layer_norm('encoder_norm', o.dtype)(x)
 
 
 class PatchEmbedding(nn.Module):
@@ -235,22 +256,21 @@ class MAPHead(nn.Module):
   """Multihead attention pooling (big_vision): a learned probe attends over
   all tokens, followed by a residual MLP."""
 
-  mlp_dim: int
-  num_heads: int
-  dtype: Dtype = jnp.float32
+  options: ViTOptions
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    o = self.options
     batch, _, width = x.shape
     probe = self.param(
         'probe', _logical(nn.initializers.xavier_uniform(),
                           (None, None, 'embed')), (1, 1, width))
-    probe = jnp.tile(probe.astype(self.dtype), (batch, 1, 1))
+    probe = jnp.tile(probe.astype(o.dtype), (batch, 1, 1))
     x = MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
+        num_heads=o.num_heads, dtype=o.dtype,
         name='MultiHeadDotProductAttention_0')(probe, x, deterministic=True)
-    y = _layer_norm('LayerNorm_0', self.dtype)(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype,
+    y = _layer_norm('LayerNorm_0', o.dtype)(x)
+    x = x + MlpBlock(mlp_dim=o.mlp_dim, dtype=o.dtype,
                      name='MlpBlock_0')(y, deterministic=True)
     return x[:, 0]
 
@@ -260,90 +280,57 @@ class VisionTransformer(nn.Module):
 
   `num_classes=None` returns the pooled representation (after `pre_logits`
   when a representation size is set) instead of logits; the 'unpooled'
-  classifiers return every token. Parameters are kept in float32; `dtype` is
-  the computation dtype (e.g. bfloat16). Outputs are float32.
+  classifiers return every token. Outputs are float32.
   """
 
+  options: ViTOptions
   num_classes: Optional[int]
-  patch_size: tuple[int, int]
-  hidden_size: int
-  num_layers: int
-  mlp_dim: int
-  num_heads: int
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  classifier: str = 'token'
-  representation_size: Optional[int] = None
-  head_bias_init: float = 0.0
-  posemb: str = 'learn'
-  resnet_layers: Optional[Sequence[int]] = None
-  resnet_width_factor: float = 1.0
-  scan: bool = False
-  remat_policy: str = 'none'
-  attention_implementation: Optional[str] = None
-  dtype: Dtype = jnp.float32
-
-  def _check_options(self):
-    if self.classifier not in CLASSIFIERS:
-      raise ValueError(f'unknown classifier {self.classifier!r}; expected one '
-                       f'of {CLASSIFIERS}.')
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f'unknown remat_policy {self.remat_policy!r}; expected '
-                       f'one of {REMAT_POLICIES}.')
 
   def _patchify(self, images: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
-    x = images.astype(self.dtype)
-    if self.resnet_layers is not None:
+    o = self.options
+    x = images.astype(o.dtype)
+    if o.resnet_layers is not None:
       x = resnet.apply_resnet_stem(
-          x, num_layers=tuple(self.resnet_layers),
-          width_factor=self.resnet_width_factor, dtype=self.dtype)
-    patch_h, patch_w = self.patch_size
+          x, num_layers=tuple(o.resnet_layers),
+          width_factor=o.resnet_width_factor, dtype=o.dtype)
+    patch_h, patch_w = o.patch_size
     height, width = x.shape[1:3]
     if height % patch_h or width % patch_w:
-      where = 'the ResNet stem output' if self.resnet_layers is not None else 'the image'
+      where = 'the ResNet stem output' if o.resnet_layers is not None else 'the image'
       raise ValueError(
           f'{where} is {height}x{width}, not divisible by the patch size '
           f'{patch_h}x{patch_w}; use an image size that is a multiple of the '
           f'total stride (patch size x stem stride).')
-    x = PatchEmbedding(self.hidden_size, (patch_h, patch_w), dtype=self.dtype,
+    x = PatchEmbedding(o.hidden_size, (patch_h, patch_w), dtype=o.dtype,
                        name='embedding')(x)
     return x, (height // patch_h, width // patch_w)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-    self._check_options()
+    o = self.options
     x, grid = self._patchify(images)
-    prefix = num_prefix_tokens(self.classifier)
+    prefix = num_prefix_tokens(o.classifier)
     if prefix:
       cls = self.param('cls', _logical(nn.initializers.zeros,
                                        (None, None, 'embed')),
-                       (1, 1, self.hidden_size))
+                       (1, 1, o.hidden_size))
       x = jnp.concatenate(
           [jnp.tile(cls.astype(x.dtype), (x.shape[0], 1, 1)), x], axis=1)
 
-    x = Encoder(
-        num_layers=self.num_layers, mlp_dim=self.mlp_dim,
-        num_heads=self.num_heads, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate,
-        stochastic_depth=self.stochastic_depth, posemb=self.posemb,
-        scan=self.scan, remat_policy=self.remat_policy,
-        attention_implementation=self.attention_implementation,
-        dtype=self.dtype, name='Transformer')(
+    x = Encoder(o, name='Transformer')(
             x, grid=grid, num_prefix_tokens=prefix,
             deterministic=not train)
 
-    if self.classifier == 'token':
+    if o.classifier == 'token':
       x = x[:, 0]
-    elif self.classifier == 'gap':
+    elif o.classifier == 'gap':
       x = jnp.mean(x, axis=1)
-    elif self.classifier == 'map':
-      x = MAPHead(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-                  dtype=self.dtype, name='MAPHead_0')(x)
+    elif o.classifier == 'map':
+      x = MAPHead(o, name='MAPHead_0')(x)
 
-    if self.representation_size is not None:
+    if o.representation_size is not None:
       x = nn.Dense(
-          self.representation_size, dtype=self.dtype, name='pre_logits',
+          o.representation_size, dtype=o.dtype, name='pre_logits',
           kernel_init=_logical(nn.initializers.lecun_normal(),
                                ('embed', 'mlp')),
           bias_init=_logical(nn.initializers.zeros, ('mlp',)))(x)
@@ -351,10 +338,10 @@ class VisionTransformer(nn.Module):
 
     if self.num_classes:
       x = nn.Dense(
-          self.num_classes, dtype=self.dtype, name='head',
+          self.num_classes, dtype=o.dtype, name='head',
           kernel_init=_logical(nn.initializers.zeros,
-                               ('embed' if self.representation_size is None
+                               ('embed' if o.representation_size is None
                                 else 'mlp', 'classes')),
-          bias_init=_logical(nn.initializers.constant(self.head_bias_init),
+          bias_init=_logical(nn.initializers.constant(o.head_bias_init),
                              ('classes',)))(x)
     return x.astype(jnp.float32)
