@@ -12,6 +12,16 @@ import time
 import urllib.parse
 import urllib.request
 
+# Set before JAX is imported: one persistent compilation cache for the
+# test processes and every process they start (they inherit os.environ),
+# which compile the same tiny programs again and again. An entry is keyed by
+# the program, the compile options and the JAX version, so a hit is the same
+# executable; a fresh clone starts with an empty cache.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.xla_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(2 << 30))
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
