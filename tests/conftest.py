@@ -36,17 +36,21 @@ from vit_jax.models import build_model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module, *args, env=None, check=True, timeout=600, cwd=ROOT):
-  """`python -m module args` from the repository root (or `cwd`) on the CPU
-  backend (or in `env`); with `check`, a non-zero exit fails with its
-  stderr."""
-  out = subprocess.run([sys.executable, '-m', module, *map(str, args)],
+def run_python(*args, env=None, check=True, timeout=600, cwd=ROOT):
+  """`python args` (a script, `-c CODE` or `-m MODULE`) from the repository
+  root (or `cwd`) on the CPU backend (or in `env`), its output captured;
+  with `check`, a non-zero exit fails with its stderr."""
+  out = subprocess.run([sys.executable, *map(str, args)],
                        cwd=cwd, capture_output=True, text=True,
                        timeout=timeout,
                        env=env or {**os.environ, 'JAX_PLATFORMS': 'cpu'})
   if check:
     assert out.returncode == 0, out.stderr[-3000:]
   return out
+
+
+def run_module(module, *args, **kwargs):
+  return run_python('-m', module, *args, **kwargs)
 
 
 def free_port() -> int:
@@ -203,6 +207,45 @@ def tiny_model_flags(**overrides) -> list[str]:
   return [f'--config.model.{key}={value}' for key, value in values.items()]
 
 
+def tiny_config(options):
+  """The tiny training job's config (tests/tiny_training.py): TINY_MODEL on
+  16x16 synthetic images, or on the digits with {'dataset': 'digits'}."""
+  from configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
+  config = get_config('model=Ti/16,dataset=synthetic,batch_size=16')
+  config.image_size = 16
+  config.model = tiny_model_config()
+  config.total_steps = options.get('steps', 4)
+  config.schedule.update(base_lr=1e-3, warmup_steps=1, decay_type='cosine')
+  config.schedule.update(options.get('schedule', {}))
+  config.optimizer.update(options.get('optimizer', {}))
+  config.mesh.update(options.get('mesh', {}))
+  config.accum_steps = options.get('accum_steps', 1)
+  config.log_steps = 1
+  config.checkpoint_steps = options.get('checkpoint_steps', 1000)
+  config.keep_checkpoints = 2
+  config.keep_every = 0
+  config.async_checkpoints = options.get('async_checkpoints', True)
+  if options.get('dataset') == 'digits':  # the bundled real data
+    config.dataset = 'digits'
+    config.image_size = 8
+    config.model.patch_size = (2, 2)
+    config.train_split, config.eval_split = 'train', 'test'
+    config.pp_train, config.pp_eval = 'pad(1)|random_crop(8)', ''
+    config.shuffle_buffer = 2_000
+    config.eval_batch_size = options.get('eval_batch_size', 64)
+    config.evals.accuracy.every_steps = config.total_steps
+  else:
+    config.evals = {}  # synthetic data: train only
+  if 'fewshot_steps' in options:
+    from configs.fewshot import get_fewshot_section  # pylint: disable=g-import-not-at-top
+    config.evals.fewshot = get_fewshot_section(
+        {'digits': ('digits', 'train', 'test')},
+        every_steps=options['fewshot_steps'])
+    config.evals.fewshot.shots = (1, 5)
+    config.evals.fewshot.seeds = 2
+  return config
+
+
 def init_params(model, image_shape=(1, 16, 16, 3), seed=0):
   variables = model.init(jax.random.key(seed), jnp.zeros(image_shape))
   return nn.unbox(variables['params'])
@@ -276,14 +319,17 @@ def env_with_devices(count):
   return env
 
 
-def run_tiny(options, workdir=None, devices=1, timeout=300):
-  args = [sys.executable, TINY_TRAINING, json.dumps(options)]
-  if workdir:
-    args.append(str(workdir))
-  out = subprocess.run(args, env=env_with_devices(devices), capture_output=True,
-                       text=True, timeout=timeout)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return summary_of(out.stdout)
+def run_tiny(options, workdir=None, devices=1, timeout=300, env=None):
+  return summary_of(run_tiny_process(
+      options, workdir, devices=devices, timeout=timeout, env=env).stdout)
+
+
+def run_tiny_process(options, workdir=None, devices=1, timeout=300, env=None,
+                     check=True):
+  """The finished tiny training process (its stdout, stderr, exit code)."""
+  args = [TINY_TRAINING, json.dumps(options)] + ([workdir] if workdir else [])
+  return run_python(*args, env={**env_with_devices(devices), **(env or {})},
+                    timeout=timeout, check=check)
 
 
 def start_tiny(options, workdir=None, devices=1, stderr=subprocess.DEVNULL):

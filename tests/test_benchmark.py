@@ -1,17 +1,11 @@
 """The train-step benchmark runs on synthetic data and reports consistent
 figures (timings themselves are never asserted)."""
 
-import os
-import subprocess
-import sys
 import time
 import types
 
-from conftest import finish, start_processes
-from tiny_training import tiny_config
+from conftest import finish, run_module, run_python, start_processes, tiny_config
 from vit_jax import benchmark, metrics, step_profile, trainer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _SlowStep:
@@ -90,13 +84,11 @@ def test_profile_summary_sums_traced_ops_per_part_and_kind():
 
 
 def test_benchmark_profile_traces_the_model_parts():
-  out = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.benchmark', '--config', 'configs/demo.py',
-       '--config.batch_size=8', '--steps=1', '--warmup=1', '--profile_steps=1'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      # libtpu's profiler plugin must stay unloaded on a CPU host.
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  assert out.returncode == 0, out.stderr[-2000:]
+  # On the CPU backend (run_module's default): libtpu's profiler plugin
+  # must stay unloaded on a CPU host.
+  out = run_module('vit_jax.benchmark', '--config', 'configs/demo.py',
+                   '--config.batch_size=8', '--steps=1', '--warmup=1',
+                   '--profile_steps=1', timeout=300)
   table = out.stdout[out.stdout.index('traced ops'):]
   for part in ('attention', 'mlp', 'layernorm', 'embedding'):
     assert f'  {part}\n' in table, table
@@ -117,9 +109,7 @@ sys.argv = ['benchmark', '--config', 'configs/demo.py', '--config.batch_size=8',
 from vit_jax import app, benchmark
 app.run(benchmark.main)
 '''
-  out = subprocess.run([sys.executable, '-c', script], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-2000:]
+  out = run_python('-c', script, timeout=300)
   assert 'step_seconds_median' in out.stdout
 
 

@@ -4,13 +4,11 @@ our logits from it."""
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import build, init_params, randomize, tiny_model_config
+from conftest import build, init_params, randomize, run_python, tiny_model_config
 from vit_jax import hf_export
 
 LABELS = [f'class {i}' for i in range(10)]
@@ -90,11 +88,8 @@ def test_transformers_computes_our_logits(tmp_path, posemb):
   model, params, out = _exported(tmp_path, posemb=posemb)
   images = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)
   np.save(tmp_path / 'images.npy', images)
-  result = subprocess.run(
-      [sys.executable, '-c', _TRANSFORMERS_LOGITS, str(out),
-       str(tmp_path / 'images.npy'), str(tmp_path / 'logits.npy')],
-      capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_python('-c', _TRANSFORMERS_LOGITS, out, tmp_path / 'images.npy',
+                      tmp_path / 'logits.npy', timeout=300)
   info = json.loads(result.stdout.strip().splitlines()[-1])
   assert info == {'missing': [], 'unexpected': [], 'label_7': 'class 7'}
   ours = np.asarray(model.apply({'params': params}, images))

@@ -2,7 +2,6 @@
 evaluator running inside pre-training."""
 
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ from sklearn.linear_model import Ridge
 from vit_jax.evaluators import fewshot
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import TINY_TRAINING, env_with_devices, summary_of  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import run_tiny_process, summary_of  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.mark.parametrize('n,d', [(200, 30), (30, 200)])
@@ -100,7 +99,7 @@ def test_table():
 
 
 def test_evaluator_on_digits_skips_missing_datasets(tmp_path):
-  from tiny_training import tiny_config  # pylint: disable=g-import-not-at-top
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
   from configs.fewshot import get_fewshot_section  # pylint: disable=g-import-not-at-top
   from vit_jax import sharding, trainer  # pylint: disable=g-import-not-at-top
   config = tiny_config({'dataset': 'digits'})
@@ -128,11 +127,7 @@ def test_evaluator_on_digits_skips_missing_datasets(tmp_path):
 
 def test_probes_run_during_pretraining_without_recompiling():
   options = {'dataset': 'digits', 'steps': 4, 'fewshot_steps': 2}
-  out = subprocess.run(
-      [sys.executable, TINY_TRAINING, __import__('json').dumps(options)],
-      env={**env_with_devices(2), 'JAX_LOG_COMPILES': '1'},
-      capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
+  out = run_tiny_process(options, devices=2, env={'JAX_LOG_COMPILES': '1'})
   summary = summary_of(out.stdout)
   assert sorted(summary['fewshot']) == ['2', '4']
   assert set(summary['fewshot']['4']) == {

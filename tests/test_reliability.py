@@ -3,14 +3,11 @@ gives a checkpoint at the current step, a distinct exit code and an exact
 resume; a damaged checkpoint falls back; a dead host stops the others."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
-from conftest import (TINY_TRAINING, env_with_devices, read_until_step,
-                      run_tiny, start_tiny, start_two_processes)
+from conftest import (env_with_devices, read_until_step, run_python, run_tiny,
+                      run_tiny_process, start_tiny, start_two_processes)
 
 EXIT_PREEMPTED = 75
 
@@ -61,10 +58,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   assert damaged
   for f in damaged:
     f.write_bytes(f.read_bytes()[:10])
-  out = subprocess.run([sys.executable, TINY_TRAINING, json.dumps(options), str(workdir)],
-                       env=env_with_devices(1), capture_output=True, text=True,
-                       timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
+  out = run_tiny_process(options, workdir)
   assert 'checkpoint at step 8' in out.stdout and 'cannot be restored' in out.stdout
   assert 'resumed from step 6' in out.stdout
   assert (checkpoints / '8.damaged').is_dir()  # kept for inspection
@@ -120,17 +114,16 @@ def test_random_sigkills_never_lose_the_run(tmp_path):
 
 def test_resuming_with_another_model_shape_is_an_error_not_damage(tmp_path):
   run_tiny({'steps': 2, 'checkpoint_steps': 2, 'async_checkpoints': False}, tmp_path)
-  out = subprocess.run(
-      [sys.executable, '-c', (
+  out = run_python(
+      '-c', (
           'import sys; sys.path.insert(0, "tests");'
-          'from tiny_training import tiny_config;'
+          'from conftest import tiny_config;'
           'from vit_jax import trainer;'
           'from vit_jax.data.synthetic import BatchIterator, SyntheticSource;'
           'c = tiny_config({"steps": 4}); c.model.mlp_dim = 96;'
           f'trainer.train(c, {str(tmp_path)!r}, train_data=BatchIterator('
-          'SyntheticSource(num_classes=10, image_size=16, batch_size=16)))')],
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-      env=env_with_devices(1), capture_output=True, text=True, timeout=300)
+          'SyntheticSource(num_classes=10, image_size=16, batch_size=16)))'),
+      env=env_with_devices(1), check=False, timeout=300)
   assert out.returncode != 0
   assert 'CheckpointConfigError' in out.stderr
   assert 'model of another shape' in out.stderr

@@ -1,24 +1,16 @@
 """The pre-training entry point on the bundled digits, and its resume."""
 
 import json
-import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_module
 
 
 def train(workdir, *overrides):
-  out = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.train', '--config', 'configs/demo.py',
-       '--workdir', str(workdir), '--config.total_steps=30',
-       '--config.log_steps=10', '--config.evals.accuracy.every_steps=30',
-       '--config.checkpoint_steps=30', '--config.schedule.warmup_steps=5',
-       *overrides],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out.stdout
+  return run_module(
+      'vit_jax.train', '--config', 'configs/demo.py', '--workdir', workdir,
+      '--config.total_steps=30', '--config.log_steps=10',
+      '--config.evals.accuracy.every_steps=30', '--config.checkpoint_steps=30',
+      '--config.schedule.warmup_steps=5', *overrides, timeout=300).stdout
 
 
 def test_demo_trains_on_digits_logs_and_resumes(tmp_path):
@@ -35,12 +27,10 @@ def test_demo_trains_on_digits_logs_and_resumes(tmp_path):
 
 
 def test_unknown_dataset_fails_with_a_clear_message(tmp_path):
-  out = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.train', '--config', 'configs/demo.py',
-       '--workdir', str(tmp_path), '--config.dataset=imagenet2012',
-       '--config.num_classes=1000', f'--config.data_dir={tmp_path}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  out = run_module(
+      'vit_jax.train', '--config', 'configs/demo.py', '--workdir', tmp_path,
+      '--config.dataset=imagenet2012', '--config.num_classes=1000',
+      f'--config.data_dir={tmp_path}', check=False, timeout=300)
   assert out.returncode != 0
   assert f'put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar' in out.stderr
   assert f'tfds build imagenet2012 --data_dir={tmp_path}' in out.stderr

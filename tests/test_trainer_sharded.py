@@ -108,7 +108,7 @@ def test_two_processes_on_digits_count_every_test_example_once(tmp_path):
   # The logged accuracy is that of the saved parameters on the 360 digits,
   # computed here on one device without the pipeline.
   # pylint: disable=g-import-not-at-top
-  from tiny_training import tiny_config
+  from conftest import tiny_config
   from vit_jax import checkpoints, transfer
   from vit_jax.data import sources
   from vit_jax.models import build_model

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import pretrain
-from tiny_training import tiny_config
+from conftest import tiny_config
 from vit_jax import derived_config, evaluators, optim, trainer
 from vit_jax.data import inputs
 from vit_jax.evaluators import classification

@@ -11,43 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def tiny_config(options):
-  from configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
-  from conftest import tiny_model_config  # pylint: disable=g-import-not-at-top
-  config = get_config('model=Ti/16,dataset=synthetic,batch_size=16')
-  config.image_size = 16
-  config.model = tiny_model_config()
-  config.total_steps = options.get('steps', 4)
-  config.schedule.update(base_lr=1e-3, warmup_steps=1, decay_type='cosine')
-  config.schedule.update(options.get('schedule', {}))
-  config.optimizer.update(options.get('optimizer', {}))
-  config.mesh.update(options.get('mesh', {}))
-  config.accum_steps = options.get('accum_steps', 1)
-  config.log_steps = 1
-  config.checkpoint_steps = options.get('checkpoint_steps', 1000)
-  config.keep_checkpoints = 2
-  config.keep_every = 0
-  config.async_checkpoints = options.get('async_checkpoints', True)
-  if options.get('dataset') == 'digits':  # the bundled real data
-    config.dataset = 'digits'
-    config.image_size = 8
-    config.model.patch_size = (2, 2)
-    config.train_split, config.eval_split = 'train', 'test'
-    config.pp_train, config.pp_eval = 'pad(1)|random_crop(8)', ''
-    config.shuffle_buffer = 2_000
-    config.eval_batch_size = options.get('eval_batch_size', 64)
-    config.evals.accuracy.every_steps = config.total_steps
-  else:
-    config.evals = {}  # synthetic data: train only
-  if 'fewshot_steps' in options:
-    from configs.fewshot import get_fewshot_section  # pylint: disable=g-import-not-at-top
-    config.evals.fewshot = get_fewshot_section(
-        {'digits': ('digits', 'train', 'test')},
-        every_steps=options['fewshot_steps'])
-    config.evals.fewshot.shots = (1, 5)
-    config.evals.fewshot.seeds = 2
-  return config
+from conftest import tiny_config  # pylint: disable=wrong-import-position
 
 
 def main():
