@@ -133,8 +133,7 @@ def test_bad_config_value_stops_the_entry_point_before_the_workdir(tmp_path, cas
 
 def test_training_needs_a_workdir(tmp_path):
   out = run_entry_point('vit_jax.train', *DEMO)
-  assert out.returncode != 0
-  assert 'Flag --workdir must have a value other than None' in out.stderr
+  assert_user_error(out, 'Flag --workdir must have a value other than None')
   assert not list(tmp_path.iterdir())
 
 
@@ -232,8 +231,15 @@ def test_boxed_params_from_init_save_and_load(tmp_path):
 def test_mistyped_key_unwritable_workdir_and_pipeline_size(tmp_path):
   out = run_entry_point('vit_jax.train', *DEMO, '--workdir', str(tmp_path / 'w1'),
                         '--config.modle.dtype=bfloat16')
-  assert out.returncode != 0
-  assert 'Did you mean "model" instead of "modle"?' in out.stderr
+  assert_user_error(out, 'Did you mean "model" instead of "modle"?')
+  assert not (tmp_path / 'w1').exists()
+  # A key of an earlier release names its successor.
+  out = run_entry_point('vit_jax.train', *DEMO, '--workdir', str(tmp_path / 'w1'),
+                        '--config.eval_steps=5')
+  assert_user_error(out, 'config.eval_steps is now config.evals.accuracy.every_steps')
+  out = run_entry_point('vit_jax.train', *DEMO, '--workdir', str(tmp_path / 'w1'),
+                        '--config.total_steps=abc')
+  assert_user_error(out, "flag --config.total_steps=abc: invalid literal for int()")
   assert not (tmp_path / 'w1').exists()
 
   a_file = tmp_path / 'a_file'

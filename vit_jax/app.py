@@ -194,6 +194,44 @@ def _exit(code: int) -> None:
   sys.exit(code)
 
 
+# Config keys of earlier releases: an override of one names its successor.
+RENAMED_CONFIG_KEYS = {
+    'eval_steps': 'evals.accuracy.every_steps',
+    'fewshot.log_steps': 'evals.fewshot.every_steps',
+    'real_eval': 'evals.real_accuracy (present for imagenet2012)',
+}
+
+
+def _flag_error(e: BaseException) -> str:
+  # ml_collections wraps a KeyError (the key's repr, then a suggestion) in
+  # an AttributeError.
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if isinstance(e, KeyError) and lines:
+    lines[0] = f'config key {lines[0]} does not exist'
+  return '; '.join(lines) or type(e).__name__
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, where a bad flag (a required one missing, a
+  config override of a key that does not exist or of the wrong type) is a
+  user error: one line, exit 2, before anything runs."""
+  for arg in argv[1:]:
+    old = arg.split('=', 1)[0].removeprefix('--config.')
+    if old in RENAMED_CONFIG_KEYS:
+      print(f'error: {arg}: config.{old} is now config.'
+            f'{RENAMED_CONFIG_KEYS[old]}; set that instead.', file=sys.stderr)
+      sys.exit(EXIT_USER_ERROR)
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    print(f'error: {_flag_error(e)}; see --helpfull for the flags',
+          file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
 def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
         distributed: bool = True) -> None:
   """Parses flags and runs `main()` with the start-up and exits above."""
@@ -233,4 +271,4 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
       _exit(1)
 
   flags.mark_flags_as_required(list(required))
-  absl_app.run(start)
+  absl_app.run(start, flags_parser=_parse_flags)
