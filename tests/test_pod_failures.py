@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from conftest import (ROOT, finish, free_port, run_module, start_processes,
-                      wait_for_line)
+from conftest import (ROOT, finish, free_port, run_module, run_python,
+                      start_processes, wait_for_line)
 from vit_jax import transfer
 
 DEMO = ['--config', os.path.join(ROOT, 'configs', 'demo.py'),
@@ -186,8 +186,7 @@ def main():
   print('not reached', flush=True)
 app.run(main, required=())
 """
-  out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=120)
+  out = run_python('-c', script, env=ENV, check=False, timeout=120)
   assert out.returncode == 130
   assert out.stdout == 'after the first: True Ctrl-C\n'
   assert out.stderr.strip().splitlines() == [
@@ -209,10 +208,9 @@ _FULL_DISK_LAUNCHER = (
 
 def test_a_failed_save_is_reported_when_it_fails_in_one_line(tmp_path):
   workdir = tmp_path / 'run'
-  out = subprocess.run(
-      [sys.executable, '-c', _FULL_DISK_LAUNCHER, *DEMO, f'--workdir={workdir}',
-       '--config.total_steps=100', '--config.checkpoint_steps=10'],
-      cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+  out = run_python('-c', _FULL_DISK_LAUNCHER, *DEMO, f'--workdir={workdir}',
+                   '--config.total_steps=100', '--config.checkpoint_steps=10',
+                   env=ENV, check=False, timeout=300)
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == (
       f'error: saving the checkpoint of step 10 to {workdir}/checkpoints '

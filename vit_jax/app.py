@@ -17,6 +17,7 @@ outcome becomes the exit status:
 """
 
 import errno
+import logging as std_logging
 import os
 import socket
 import sys
@@ -247,6 +248,10 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
         initialize_distributed()
       main()
     except UserError as e:
+      # A failed checkpoint save leaves orbax's asyncio futures holding the
+      # same error; at exit asyncio would log each one with a traceback
+      # after this line.
+      std_logging.getLogger('asyncio').disabled = True
       print(f'error: {e}', file=sys.stderr, flush=True)
       if _multiprocess():
         _report_failure(str(e))
