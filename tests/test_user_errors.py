@@ -2,6 +2,7 @@
 before anything is written to the workdir."""
 
 import ast
+import concurrent.futures
 import os
 
 import flax.linen as nn
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import (ROOT, abstract_params, build, init_params, run_module,
-                      tiny_model_config)
+                      run_python, tiny_model_config)
 from vit_jax import checkpoints
 from vit_jax.user_errors import UserError
 
@@ -252,3 +253,25 @@ def test_mistyped_key_unwritable_workdir_and_pipeline_size(tmp_path):
                         '--config.image_size=16')
   assert_user_error(out, 'the input pipeline gives 8x8 images but '
                          'config.image_size=16')
+
+
+def test_processes_probing_one_workdir_at_once_all_pass(tmp_path):
+  # Each process of a multi-host job checks the shared workdir as it starts;
+  # here two processes meet (ready files) and then probe for a second.
+  probe_together = (
+      'import pathlib, sys, time\n'
+      'from vit_jax import trainer\n'
+      'workdir, ready, me = sys.argv[1:]\n'
+      'pathlib.Path(ready, me).touch()\n'
+      'while len(list(pathlib.Path(ready).iterdir())) < 2: time.sleep(0.01)\n'
+      'end = time.time() + 1\n'
+      'while time.time() < end: trainer.check_writable(workdir)\n')
+  workdir, ready = tmp_path / 'workdir', tmp_path / 'ready'
+  ready.mkdir()
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    runs = [pool.submit(run_python, '-c', probe_together, workdir, ready, i,
+                        check=False) for i in range(2)]
+    outs = [run.result() for run in runs]
+  for out in outs:
+    assert out.returncode == 0, out.stderr[-2000:]
+  assert list(workdir.iterdir()) == []

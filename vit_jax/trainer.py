@@ -8,6 +8,7 @@ partitionable threefry makes them independent of the mesh.
 """
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -243,7 +244,9 @@ def check_writable(workdir: str) -> None:
   try:
     path = epath.Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / '.write_test'
+    # Every process of a multi-host run probes the same workdir: a shared
+    # name would let one process delete the file another is about to delete.
+    probe = path / f'.write_test.{jax.process_index()}.{os.getpid()}'
     probe.write_text('ok')
     probe.unlink()
   except Exception as e:  # pylint: disable=broad-except
