@@ -43,7 +43,7 @@ def test_entry_points_run_beside_a_users_own_configs_package(tmp_path):
   short = ['--config.total_steps=4', '--config.schedule.warmup_steps=1',
            '--config.evals.accuracy.every_steps=4', '--config.checkpoint_steps=4']
   out = run('vit_jax.train', '--config', configs / 'demo.py', '--workdir', 'run',
-            *short, '--config.evals.fewshot.every_steps=1000')
+            *short, '--config.evals.fewshot.every_steps=0')
   assert 'model nano/2, dataset digits' in out
   run('vit_jax.finetune', '--config', configs / 'demo_finetune.py',
       '--config.init_from=run', '--workdir', 'ft', *short)

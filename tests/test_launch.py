@@ -93,6 +93,7 @@ def test_local_launcher_runs_two_processes(tmp_path):
            '--workdir', str(tmp_path), '--', '--config.total_steps=4',
            '--config.schedule.warmup_steps=1', '--config.log_steps=2',
            '--config.evals.accuracy.every_steps=4', '--config.checkpoint_steps=4',
+           '--config.evals.fewshot.every_steps=0',
            env={'JAX_PLATFORMS': 'cpu', 'PYTHON': sys.executable})
   assert out.returncode == 0, out.stderr[-3000:]
   assert '2 processes, 2 devices' in out.stdout

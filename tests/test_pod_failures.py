@@ -18,7 +18,7 @@ from vit_jax import transfer
 
 DEMO = ['--config', os.path.join(ROOT, 'configs', 'demo.py'),
         '--config.log_steps=2', '--config.schedule.warmup_steps=2',
-        '--config.evals.fewshot.every_steps=100000']
+        '--config.evals.fewshot.every_steps=0']
 ENV = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
 
 

@@ -250,13 +250,14 @@ def test_log_step_metrics_are_read_after_the_next_step_is_dispatched():
 
 def test_evaluation_and_evaluators_run_on_their_own_steps_not_log_steps():
   """config.evals.<name>.every_steps, not log_steps, decides when each eval
-  runs; every eval also runs at the last step."""
+  runs; every eval also runs at the last step, and every_steps=0 never."""
   config = tiny_config({'steps': 10})
   config.log_steps = 4
   config.eval_batches = 1
   config.evals = {
       'held_out': dict(type='classification', split='test', every_steps=3),
-      'other': dict(type='classification', split='test', every_steps=7)}
+      'other': dict(type='classification', split='test', every_steps=7),
+      'off': dict(type='classification', split='test', every_steps=0)}
 
   class Probe:
     every_steps = 5
@@ -264,7 +265,9 @@ def test_evaluation_and_evaluators_run_on_their_own_steps_not_log_steps():
     def __call__(self, params):
       return {'probe': 1.0}
   train_data = inputs.make_train_input(config)  # fills eval_batch_size
-  from_config = evaluators.from_config(config, None, log=lambda _: None)
+  lines = []
+  from_config = evaluators.from_config(config, None, log=lines.append)
+  assert lines == ['evals.off: off (every_steps=0)']
   _, history = trainer.train(
       config, None, train_data=train_data,
       evaluators=lambda setup: [*from_config(setup), Probe()],
@@ -273,5 +276,6 @@ def test_evaluation_and_evaluators_run_on_their_own_steps_not_log_steps():
   assert [e['step'] for e in history if 'eval/held_out' in e] == [3, 6, 9, 10]
   assert [e['step'] for e in history if 'eval/other' in e] == [7, 10]
   assert [e['step'] for e in history if 'probe' in e] == [5, 10]
+  assert not any('eval/off' in e for e in history)
   assert all(e['eval/held_out_examples'] == 16 for e in history
              if 'eval/held_out' in e)

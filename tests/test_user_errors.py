@@ -40,8 +40,9 @@ CONFIG_CASES = {
                         'config.eval_batch_size=0: expected'),
     'zero_steps': (['--config.total_steps=0'], 'config.total_steps=0: expected'),
     'zero_log_steps': (['--config.log_steps=0'], 'config.log_steps=0: expected'),
-    'zero_eval_steps': (['--config.evals.accuracy.every_steps=0'],
-                        'config.evals.accuracy.every_steps=0: expected'),
+    'negative_eval_steps': (['--config.evals.accuracy.every_steps=-1'],
+                            'config.evals.accuracy.every_steps=-1: expected a '
+                            'whole number >= 0'),
     'negative_lr': (['--config.schedule.base_lr=-0.1'],
                     'config.schedule.base_lr=-0.1: expected a number in (0, inf]'),
     'long_warmup': (['--config.schedule.warmup_steps=5000'],

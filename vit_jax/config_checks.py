@@ -104,8 +104,8 @@ def _check_evals(config) -> None:
       raise ConfigError(
           f'config.evals.{name}.type={spec.get("type")!r}: expected one of '
           f'{", ".join(EVAL_TYPES)}; set --config.evals.{name}.type.')
-    if spec.get('every_steps') is not None:  # None: derived
-      _positive_int(f'evals.{name}.every_steps', spec.every_steps)
+    if spec.get('every_steps') is not None:  # None: derived; 0: off
+      _non_negative_int(f'evals.{name}.every_steps', spec.every_steps)
 
 
 def check_config(config, num_devices: int) -> None:

@@ -7,9 +7,9 @@
                               datasets=..., shots=..., ...)
 
 Each runs on its own `every_steps` (and at the last step), independent of
-`log_steps`, and returns the scalars it logs: `eval/<name>` and
-`eval/<name>_examples` for classification and ReaL, `fewshot/<dataset>_<k>shot`
-for few-shot probes. Data are opened by `from_config` before the run writes
+`log_steps`, or never with `every_steps=0`; it returns the scalars it logs:
+`eval/<name>` and `eval/<name>_examples` for classification and ReaL,
+`fewshot/<dataset>_<k>shot` for few-shot probes. Data are opened by `from_config` before the run writes
 anything, so a bad split is an error before the workdir is touched; the
 jitted parts are built once the trainer knows its mesh.
 """
@@ -38,6 +38,9 @@ def from_config(config, source, log: Callable[[str], None]
   makers = []
   for name, spec in (config.get('evals') or {}).items():
     every = spec.every_steps
+    if every == 0:
+      log(f'evals.{name}: off (every_steps=0)')
+      continue
     if spec.type == 'classification':
       split = inputs.split_or_none(spec.get('split'))
       if split is None:  # e.g. --config.eval_split=None
