@@ -3,6 +3,7 @@ utilities, real image folders, entry points and the tiny training job in
 their own processes (one or several, as one distributed job), and a local
 storage emulator. No test imports another test file."""
 
+import fcntl
 import json
 import os
 import socket
@@ -46,6 +47,23 @@ def run_python(*args, env=None, check=True, timeout=600, cwd=ROOT):
   if check:
     assert out.returncode == 0, out.stderr[-3000:]
   return out
+
+
+def built_once(tmp_path_factory, name, build_into):
+  """`build_into(folder)` run once per test session, not once per pytest-xdist
+  worker: the workers share the session's base temp directory and take
+  turns on a lock there; the first builds, the others find it built."""
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):  # basetemp is per worker
+    shared = shared.parent
+  folder, done = shared / name, shared / f'{name}.built'
+  with open(shared / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      folder.mkdir(exist_ok=True)
+      build_into(folder)
+      done.touch()
+  return folder
 
 
 def run_module(module, *args, **kwargs):

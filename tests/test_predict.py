@@ -10,20 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_module
+from conftest import built_once, run_module
 from vit_jax import checkpoints, predict, run_record
 from vit_jax.data.sources import digits_source
 
 
 @pytest.fixture(scope='module')
 def demo_run(tmp_path_factory):
-  """The README's demo config, shortened to 100 steps."""
-  workdir = tmp_path_factory.mktemp('demo')
-  run_module('vit_jax.train', '--config', 'configs/demo.py', '--workdir', workdir,
-             '--config.total_steps=100', '--config.schedule.warmup_steps=10',
-             '--config.evals.accuracy.every_steps=100', '--config.checkpoint_steps=100',
-             '--config.evals.fewshot.every_steps=0')
-  return workdir
+  """The README's demo config, shortened to 100 steps (trained once)."""
+  return built_once(tmp_path_factory, 'demo_run', lambda workdir: run_module(
+      'vit_jax.train', '--config', 'configs/demo.py', '--workdir', workdir,
+      '--config.total_steps=100', '--config.schedule.warmup_steps=10',
+      '--config.evals.accuracy.every_steps=100', '--config.checkpoint_steps=100',
+      '--config.evals.fewshot.every_steps=0'))
 
 
 @pytest.fixture(scope='module')
