@@ -32,5 +32,5 @@ def test_unknown_dataset_fails_with_a_clear_message(tmp_path):
       '--config.dataset=imagenet2012', '--config.num_classes=1000',
       f'--config.data_dir={tmp_path}', check=False, timeout=300)
   assert out.returncode != 0
-  assert f'put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar' in out.stderr
+  assert 'put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar' in out.stderr
   assert f'tfds build imagenet2012 --data_dir={tmp_path}' in out.stderr
