@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_jax.data import pipeline, sources
+from vit_jax.data import pipeline, sources, synthetic
 
 
 class TinyNumbered(tfds.core.GeneratorBasedBuilder):
@@ -188,6 +188,18 @@ def test_resumed_iterator_continues_with_the_next_batch():
     batch = next(resumed)
     np.testing.assert_array_equal(batch['images'], expected['images'])
     np.testing.assert_array_equal(batch['labels'], expected['labels'])
+
+
+def test_synthetic_batches_resume_from_this_and_the_earlier_state_key():
+  source = synthetic.SyntheticSource(num_classes=10, image_size=8, batch_size=4)
+  batches = synthetic.BatchIterator(source)
+  for _ in range(3):
+    next(batches)
+  assert batches.get_state() == {'next_batch': 3}
+  for state in ({'next_batch': 3}, {'next_index': 3}):  # the latter: older runs
+    resumed = synthetic.BatchIterator(source)
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)['images'], source.batch(3)['images'])
 
 
 def test_epochs_visit_every_training_example_once(tiny_tfds):

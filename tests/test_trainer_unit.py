@@ -133,7 +133,7 @@ class _PoisonedBatches(BatchIterator):
     self.poisoned = poisoned
 
   def __next__(self):
-    index = self.next_index
+    index = self.next_batch
     batch = super().__next__()
     if index in self.poisoned:
       batch = {**batch, 'images': np.full_like(batch['images'], np.nan)}
@@ -223,7 +223,7 @@ class _RecordingBatches(BatchIterator):
     self.events = events
 
   def __next__(self):
-    self.events.append(f'batch {self.next_index + 1}')
+    self.events.append(f'batch {self.next_batch + 1}')
     return super().__next__()
 
 

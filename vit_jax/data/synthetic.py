@@ -52,21 +52,22 @@ class BatchIterator:
 
   def __init__(self, source: SyntheticSource, start: int = 0):
     self.source = source
-    self.next_index = start
+    self.next_batch = start
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = self.source.batch(self.next_index)
-    self.next_index += 1
+    batch = self.source.batch(self.next_batch)
+    self.next_batch += 1
     return batch
 
   def get_state(self) -> dict[str, int]:
-    return {'next_batch': self.next_index}
+    return {'next_batch': self.next_batch}
 
   def set_state(self, state: dict[str, int]) -> None:
-    self.next_index = int(state['next_batch'])
+    # Checkpoints of earlier releases name the position 'next_index'.
+    self.next_batch = int(state.get('next_batch', state.get('next_index')))
 
   def metrics(self) -> dict[str, float]:
     return {}  # generated batches: nothing is ever skipped
