@@ -126,17 +126,25 @@ def test_a_checkpoint_one_host_cannot_read_is_left_as_it_is(tmp_path):
   for f in (host1 / 'run' / 'checkpoints' / '4' / 'state').rglob('*'):
     if f.is_file() and f.parent.name == 'd':
       f.write_bytes(f.read_bytes()[:10])
-  port = free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'vit_jax.train', *args, '--config.total_steps=6',
-       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-       f'--process_id={i}', '--heartbeat_timeout=10'],
-      cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i, cwd in enumerate((host0, host1))]
-  outs = [p.communicate(timeout=300) for p in procs]
-  for i, (out, err) in enumerate(outs):
-    (tmp_path / f'{i}.out').write_text(out)
-    (tmp_path / f'{i}.err').write_text(err)
+  def run_on_both_hosts():
+    port = free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, '-m', 'vit_jax.train', *args, '--config.total_steps=6',
+         f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+         f'--process_id={i}', '--heartbeat_timeout=10'],
+        cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i, cwd in enumerate((host0, host1))]
+    try:
+      outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+      for p in procs:
+        p.kill()
+    for i, (out, err) in enumerate(outs):
+      (tmp_path / f'{i}.out').write_text(out)
+      (tmp_path / f'{i}.err').write_text(err)
+    return procs, outs
+
+  procs, outs = run_on_both_hosts()
   assert procs[1].returncode == 1 and procs[0].returncode != 0, (
       outs[0][1][-3000:], outs[1][1][-3000:])
   assert ('cannot read the checkpoint at step 4' in outs[1][1] and
@@ -145,6 +153,19 @@ def test_a_checkpoint_one_host_cannot_read_is_left_as_it_is(tmp_path):
   for host in (host0, host1):
     names = sorted(p.name for p in (host / 'run' / 'checkpoints').iterdir())
     assert names == ['2', '4'], (host, names)
+
+  # A host that does not see the newest checkpoint at all (a local workdir
+  # per host) would train while the other restores, both waiting forever.
+  shutil.rmtree(host1 / 'run' / 'checkpoints' / '4')
+  procs, outs = run_on_both_hosts()
+  for proc, (_, err) in zip(procs, outs):
+    # Each raises it; whichever reports first may also stop the other (exit 1).
+    assert proc.returncode in (1, 2) and 'Traceback' not in err, err[-3000:]
+    assert 'the processes see different checkpoints in ' in err
+    assert ('/run/checkpoints (newest: process 0 step 4, process 1 step 2); pass a workdir that '
+            'every host reads and writes as one directory (gs:// or a shared '
+            'filesystem), not a local one per host.') in err
+  assert sorted(p.name for p in (host0 / 'run' / 'checkpoints').iterdir()) == ['2', '4']
 
 
 def test_ctrl_c_saves_where_it_stopped_and_the_rerun_is_exact(tmp_path):

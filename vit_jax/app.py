@@ -146,12 +146,15 @@ def _watch_for_failures() -> None:
   """A daemon thread that ends this process as soon as another one reports
   a failure (heartbeats only catch processes that died)."""
 
+  import jax  # pylint: disable=g-import-not-at-top
+  own = f'process {jax.process_index()} failed: '
+
   def watch():
     while True:
       time.sleep(_FAILURE_POLL_SECONDS)
       message = _reported_failure()
-      if message is None:
-        continue
+      if message is None or message.startswith(own):
+        continue  # none, or this process's own: it is exiting with its code
       print(f'error: stopping: {message}', file=sys.stderr, flush=True)
       os._exit(1)  # pylint: disable=protected-access
   threading.Thread(target=watch, daemon=True, name='failure-watch').start()

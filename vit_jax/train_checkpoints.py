@@ -6,6 +6,7 @@ rng) and the input pipeline's position, so a resumed run replays nothing
 and skips nothing.
 """
 
+import json
 import os
 import re
 from typing import Any
@@ -99,7 +100,9 @@ class StateCheckpointer:
     several processes that takes every process failing to read it: one
     that reads it while another cannot means an access problem on that
     host, not damage, and the run stops with that host's error."""
-    for step in sorted(self._manager.all_steps(), reverse=True):
+    steps = sorted(self._manager.all_steps())
+    agree_on_steps(steps, self._directory)
+    for step in reversed(steps):
       self._check_param_shapes(step, abstract_state)
       try:
         state, data_state = self.restore(step, abstract_state)
@@ -187,6 +190,33 @@ def root_cause(error: BaseException) -> str:
 # How long a process that cannot read a checkpoint waits to hear whether the
 # others could not either (they all read the same files at the same time).
 AGREE_SECONDS = 60
+
+
+class WorkdirNotSharedError(UserError):
+  """The processes of one run see different checkpoints in the workdir."""
+
+
+def agree_on_steps(steps: list[int], directory) -> None:
+  """Raises WorkdirNotSharedError on every process unless all see the same
+  checkpoint steps. A process that sees none would start training while
+  the others restore, and the two collectives would wait for each other
+  forever: the usual cause is a local workdir on each host of a pod."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  client.key_value_set(f'vit_jax/checkpoint_steps/{jax.process_index()}',
+                       json.dumps(steps))
+  seen = [json.loads(client.blocking_key_value_get(
+      f'vit_jax/checkpoint_steps/{process}', AGREE_SECONDS * 1000))
+          for process in range(jax.process_count())]
+  if any(other != steps for other in seen):
+    views = ', '.join(f'process {p} step {v[-1]}' if v else f'process {p} none'
+                      for p, v in enumerate(seen))
+    raise WorkdirNotSharedError(
+        f'the processes see different checkpoints in {directory} (newest: '
+        f'{views}); pass a workdir that every host reads and writes as one '
+        f'directory (gs:// or a shared filesystem), not a local one per host.')
 
 
 class CheckpointUnreadableError(RuntimeError):
