@@ -9,9 +9,10 @@
 Each runs on its own `every_steps` (and at the last step), independent of
 `log_steps`, or never with `every_steps=0`; it returns the scalars it logs:
 `eval/<name>` and `eval/<name>_examples` for classification and ReaL,
-`fewshot/<dataset>_<k>shot` for few-shot probes. Data are opened by `from_config` before the run writes
-anything, so a bad split is an error before the workdir is touched; the
-jitted parts are built once the trainer knows its mesh.
+`fewshot/<dataset>_<k>shot` for few-shot probes. Data are opened by
+`from_config` before the run writes anything, so a bad split is an error
+before the workdir is touched; the jitted parts are built once the trainer
+knows its mesh.
 """
 
 from typing import Any, Callable, Protocol
