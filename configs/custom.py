@@ -3,9 +3,9 @@
   python -m vit_jax.train --config configs/custom.py:data=/photos,model=S/16 \
       --workdir /tmp/my_run
 
-PATH holds `train/<class>/<image>` and, if you have them, `validation/` or
-`test/` with the same class folders (otherwise the last tenth of train, at
-most 10,000 images, is held out). Photos may have any size: training takes
+PATH holds `train/<class>/<image>` and, if you have them, `validation/`
+(or `val/`, `valid/`) or `test/` with the same class folders (otherwise a
+class-stratified tenth of train, at most 10,000 images, is held out). Photos may have any size: training takes
 random crops of 20-100% of the area resized to `image_size` plus flips;
 evaluation resizes the shorter side and takes the central crop. The class
 count, the example count, the batch size (a power of two up to a tenth of

@@ -34,6 +34,10 @@ DATASETS = {
     'synthetic': (10, 100_000, 'train', 'test'),
 }
 EPOCHS = {'imagenet2012': 300, 'imagenet21k': 90}
+# The published warmup of the ImageNet recipes (ViT paper, appendix B.1;
+# big_vision configs/vit_i1k.py and vit_i21k.py): a fixed step count, not a
+# fraction of the schedule. Other datasets derive it from total_steps.
+PUBLISHED_WARMUP_STEPS = {'imagenet2012': 10_000, 'imagenet21k': 10_000}
 # Peak learning rates of the paper (B and smaller 1e-3; L 8e-4; H 4e-4).
 BASE_LR = {'L': 8e-4, 'H': 4e-4, 'g': 4e-4, 'G': 4e-4}
 
@@ -106,7 +110,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   width = parse_name(config.model.name)[0]
   config.schedule = ml_collections.ConfigDict(dict(
       base_lr=BASE_LR.get(width, 1e-3),
-      warmup_steps=ml_collections.FieldReference(None, field_type=int),
+      warmup_steps=ml_collections.FieldReference(
+          PUBLISHED_WARMUP_STEPS.get(config.dataset), field_type=int),
       warmup_fraction=0.1, max_warmup_steps=10_000,
       decay_type='linear', end_lr=1e-5))
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_jax.data import pipeline, sources, synthetic
+from vit_jax.data import inputs, pipeline, sources, synthetic
 
 
 class TinyNumbered(tfds.core.GeneratorBasedBuilder):
@@ -282,3 +282,43 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
   assert train.skipped >= 1 and train.metrics() == {
       'data/skipped_images': float(train.skipped)}
   assert train.position == 12 + train.skipped
+
+
+def _write_balanced_train_folder(root, classes=10, per_class=10):
+  pixels = np.zeros((4, 4, 3), np.uint8)
+  encoded = tf.io.encode_png(pixels).numpy()
+  for cls in range(classes):
+    os.makedirs(root / 'train' / f'class{cls}')
+    for i in range(per_class):
+      (root / 'train' / f'class{cls}' / f'{i:03d}.png').write_bytes(encoded)
+
+
+def _labels_of(source, split):
+  return [int(l) for l in source.read(split, 0, 1)[0].map(
+      lambda ex: ex['label']).as_numpy_iterator()]
+
+
+def test_held_out_slice_of_a_train_only_folder_has_every_class(tmp_path):
+  _write_balanced_train_folder(tmp_path)
+  source = sources.make_source(f'folder:{tmp_path}')
+  lines = []
+  train_split, eval_split = inputs.pick_eval_split(source, 'train', lines.append)
+  assert (train_split, eval_split) == ('train[:-10]', 'train[-10:]')
+  assert 'class-stratified' in lines[0]
+  held_out, trained = _labels_of(source, eval_split), _labels_of(source, train_split)
+  assert sorted(held_out) == list(range(10))
+  assert np.bincount(trained).tolist() == [9] * 10
+  # The same sample on every opening (every process, every resume).
+  again = sources.make_source(f'folder:{tmp_path}')
+  assert [k.decode() for k in again.read(eval_split, 0, 1)[0].map(
+      lambda ex: ex['key']).as_numpy_iterator()] == [
+          k.decode() for k in source.read(eval_split, 0, 1)[0].map(
+              lambda ex: ex['key']).as_numpy_iterator()]
+
+
+@pytest.mark.parametrize('name', ['validation', 'val', 'valid', 'test'])
+def test_folder_eval_split_names_users_have_are_taken(tmp_path, name):
+  _write_balanced_train_folder(tmp_path, classes=2, per_class=2)
+  os.makedirs(tmp_path / name / 'class0')
+  assert inputs.pick_eval_split(sources.make_source(f'folder:{tmp_path}'),
+                                'train', lambda _: None) == ('train', name)

@@ -64,8 +64,10 @@ def make_schedule(*, base_lr: float, total_steps: int,
     elif decay_type == 'linear':
       decayed = base_lr + (end_lr - base_lr) * progress
     elif decay_type == 'rsqrt':
-      decayed = base_lr * jax.lax.rsqrt(
-          jnp.maximum(step, warmup_steps) / max(warmup_steps, 1))
+      # Without a warmup the timescale is one step: base_lr at steps 0 and
+      # 1, then base_lr / sqrt(step); rsqrt(0) would be an infinite rate.
+      timescale = max(warmup_steps, 1)
+      decayed = base_lr * jax.lax.rsqrt(jnp.maximum(step, timescale) / timescale)
     else:
       decayed = jnp.full_like(step, base_lr)
     return jnp.where(step < warmup_steps, warmup, decayed)
@@ -85,15 +87,21 @@ def make_optimizer(optimizer_config: Mapping[str, Any],
                    schedule: Callable[[jax.Array], jax.Array]
                    ) -> optax.GradientTransformation:
   """Clip -> base optimizer -> weight decay (masked) -> -lr -> zero for
-  frozen parameters."""
+  frozen parameters. Frozen parameters (`freeze`, regexes over their names)
+  are left out of the global-norm clip, as in big_vision's optax.make, so
+  their gradients do not shrink the trainable parameters' updates."""
   name = optimizer_config['name']
   if name not in OPTIMIZERS:
     raise ValueError(f'unknown optimizer {name!r}; expected one of '
                      f'{OPTIMIZERS}.')
   chain = []
+  freeze = tuple(optimizer_config.get('freeze', ()))
+  # True for every parameter no `freeze` regex fully matches.
+  trainable = lambda p: decay_mask(p, freeze)  # pylint: disable=unnecessary-lambda-assignment
   clip = optimizer_config.get('grad_clip_norm')
   if clip:
-    chain.append(optax.clip_by_global_norm(clip))
+    chain.append(optax.masked(optax.clip_by_global_norm(clip), trainable)
+                 if freeze else optax.clip_by_global_norm(clip))
   moment_dtype = optimizer_config.get('first_moment_dtype') or None
   if name == 'adam':
     chain.append(optax.scale_by_adam(
@@ -111,10 +119,8 @@ def make_optimizer(optimizer_config: Mapping[str, Any],
     chain.append(optax.add_decayed_weights(
         weight_decay, mask=lambda p: decay_mask(p, no_decay)))
   chain.append(optax.scale_by_learning_rate(schedule))
-  freeze = tuple(optimizer_config.get('freeze', ()))
   if freeze:
     # Parameters whose name fully matches a `freeze` regex never move.
-    chain.append(optax.masked(
-        optax.set_to_zero(), lambda p: jax.tree.map(
-            lambda decays: not decays, decay_mask(p, freeze))))
+    chain.append(optax.masked(optax.set_to_zero(), lambda p: jax.tree.map(
+        lambda moves: not moves, trainable(p))))
   return optax.chain(*chain)

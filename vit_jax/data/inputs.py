@@ -71,6 +71,8 @@ def op_string(config, key: str) -> str:
   return _op_string(config, key, sizes)
 
 
+# Split names taken for evaluation, in this order of preference.
+EVAL_SPLIT_NAMES = ('validation', 'val', 'valid', 'test')
 # A split to hold out of train when the data has no validation or test split.
 HELD_OUT_FRACTION = 0.1
 MAX_HELD_OUT = 10_000
@@ -95,17 +97,21 @@ def split_size(source, split: str) -> int:
 
 def pick_eval_split(source, train_split: str,
                     log: Callable[[str], None] = print) -> tuple[str, str]:
-  """(train split, eval split): the data's validation split, else its test
-  split, else the last tenth (at most MAX_HELD_OUT) of `train_split`."""
+  """(train split, eval split): the data's validation split (named
+  `validation`, `val` or `valid`), else its test split, else the last tenth
+  (at most MAX_HELD_OUT) of `train_split`. Sources keep their splits in an
+  order where that tenth is a class-stratified sample (folders: a fixed,
+  seeded interleaving of the classes; TFDS: the shuffled file order)."""
   names = getattr(source, 'split_names', [])
-  for name in ('validation', 'test'):
+  for name in EVAL_SPLIT_NAMES:
     if name in names:
       log(f'from the data: eval split {name!r}')
       return train_split, name
   total = split_size(source, train_split)
   held = max(1, min(int(total * HELD_OUT_FRACTION), MAX_HELD_OUT))
-  log(f'from the data: no validation or test split; holding out the last '
-      f'{held} of {total} examples of {train_split!r} for evaluation')
+  log(f'from the data: no validation or test split; holding out '
+      f'{held} of {total} examples of {train_split!r} (a class-stratified '
+      f'sample) for evaluation')
   return f'{train_split}[:-{held}]', f'{train_split}[-{held}:]'
 
 

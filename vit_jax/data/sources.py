@@ -75,6 +75,21 @@ def slice_split(split: str, names, size_of) -> tuple[str, int, int]:
       match.group(4), match.group(5), total)
 
 
+def stratified_order(labels, seed: int = 0) -> np.ndarray:
+  """A fixed permutation of range(len(labels)) in which every contiguous
+  run, in particular the last tenth that a held-out split takes, holds each
+  class in proportion to its size: the examples of each class are shuffled
+  (seeded) and spread evenly over the whole order."""
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  position = np.empty(len(labels))
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    position[rng.permutation(members)] = (
+        (np.arange(len(members)) + 0.5) / len(members))
+  return np.lexsort((labels, position))
+
+
 class ArraySource:
   """In-memory uint8 images with integer labels and named index splits."""
 
@@ -129,7 +144,8 @@ class FolderSource:
     if not tf.io.gfile.isdir(root):
       raise DatasetNotFoundError(
           f'image folder {root!r} does not exist; expected '
-          f'{root}/train/<class>/<image>.jpg (and val/<class>/...).')
+          f'{root}/train/<class>/<image>.jpg (and validation/<class>/... '
+          f'or val/ or test/ for evaluation).')
     self.root = root
     layout = (f'expected {root}/<split>/<class>/<image>, e.g. '
               f'{root}/train/cat/1.jpg and {root}/test/cat/2.jpg')
@@ -171,7 +187,10 @@ class FolderSource:
         raise DatasetNotFoundError(
             f'no images in {self.root}/{name}/<class>/ for classes '
             f'{self.classes[:5]}...; expected files ending in {IMAGE_SUFFIXES}.')
-      self._files[name] = (files, labels)
+      # Classes interleaved, so that a slice such as the held-out
+      # 'train[-10%:]' is a class-stratified sample, not the last classes.
+      order = stratified_order(labels)
+      self._files[name] = ([files[i] for i in order], [labels[i] for i in order])
     return self._files[name]
 
   def _slice(self, split):
