@@ -56,7 +56,8 @@ def test_imagenet21k_recipe_on_a_folder_without_eval_split(photos, tmp_path):
   out = run('vit_jax.train', '--config',
             'configs/pretrain.py:model=mu/16,dataset=imagenet21k',
             f'--config.dataset=folder:{photos}', '--config.eval_split=None',
-            '--workdir', str(tmp_path), '--config.total_steps=20')
+            '--workdir', str(tmp_path), '--config.total_steps=20',
+            '--config.schedule.warmup_steps=2')
   assert ("config.dataset 'folder:" in out.stdout and "replaces the config's "
           "'imagenet21k': classes, examples and missing splits are read from "
           "the data; image_size 224, pp_train" in out.stdout)
@@ -72,8 +73,9 @@ def test_held_out_slice_when_the_folder_has_only_train(photos, tmp_path):
   out = run('vit_jax.train', '--config',
             f'configs/pretrain.py:model=mu/16,dataset=folder:{only_train}',
             '--workdir', str(tmp_path / 'run'), '--config.total_steps=2')
-  assert ("from the data: no validation or test split; holding out the last 12 "
-          "of 120 examples of 'train' for evaluation") in out.stdout
+  assert ("from the data: no validation or test split; holding out 12 of 120 "
+          "examples of 'train' (a class-stratified sample) for evaluation"
+          ) in out.stdout
   assert 'from the data: 108 training examples' in out.stdout
   assert last_record(tmp_path / 'run')['eval/accuracy_examples'] == 12
 
