@@ -26,9 +26,9 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import ml_collections  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from vit_jax.models.variants import get_model_config  # pylint: disable=wrong-import-position
-from vit_jax import checkpoints  # pylint: disable=wrong-import-position
+from vit_jax.formats import npz as checkpoints# pylint: disable=wrong-import-position
 from vit_jax.models import build_model, resnet  # pylint: disable=wrong-import-position
+from vit_jax.models.variants import get_model_config  # pylint: disable=wrong-import-position
 
 
 def import_official(repo: str):

@@ -17,7 +17,7 @@ Config arguments: data (required), model (default S/16), image_size
 
 import ml_collections
 
-from vit_jax.config_files import sibling
+from vit_jax.config.files import sibling
 
 pretrain = sibling(__file__, 'pretrain')
 

@@ -6,7 +6,7 @@ runs on a fresh offline machine: 1,437 for training, 360 held out. Patches of
 pixel are the augmentation (flips would turn digits into other digits).
 """
 
-from vit_jax.config_files import sibling
+from vit_jax.config.files import sibling
 
 fewshot = sibling(__file__, 'fewshot')
 pretrain = sibling(__file__, 'pretrain')

@@ -4,7 +4,7 @@
   python -m vit_jax.fewshot --config configs/demo_fewshot.py --config.init_from=random
 """
 
-from vit_jax.config_files import sibling
+from vit_jax.config.files import sibling
 
 demo = sibling(__file__, 'demo')
 fewshot = sibling(__file__, 'fewshot')

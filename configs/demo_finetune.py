@@ -7,7 +7,7 @@ The patch grid grows from 4x4 to 8x8, so the position embedding is resized,
 and the head starts from zero: the fine-tuning recipe for 300 steps.
 """
 
-from vit_jax.config_files import sibling
+from vit_jax.config.files import sibling
 
 demo = sibling(__file__, 'demo')
 finetune = sibling(__file__, 'finetune')

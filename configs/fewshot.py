@@ -13,7 +13,7 @@ held-out tenth of train) for scoring.
 
 import ml_collections
 
-from vit_jax.config_files import sibling
+from vit_jax.config.files import sibling
 from vit_jax.models.variants import get_model_config
 
 pretrain = sibling(__file__, 'pretrain')

@@ -10,7 +10,7 @@ workdir (optionally DIR@STEP).
 
 import ml_collections
 
-from vit_jax.config_files import sibling
+from vit_jax.config.files import sibling
 
 pretrain = sibling(__file__, 'pretrain')
 
@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       warmup_fraction=warmup / steps if steps else WARMUP_FRACTION,
       max_warmup_steps=ml_collections.FieldReference(None, field_type=int),
       decay_type='cosine', end_lr=0.0))
-  # None: a tenth of total_steps (vit_jax/derived_config.py). Held-out
+  # None: a tenth of total_steps (vit_jax/config/derived.py). Held-out
   # accuracy only, as the official fine-tuning runs report it.
   config.evals = {'accuracy': config.evals.accuracy}
   config.evals.accuracy.every_steps = None

@@ -7,7 +7,7 @@ value is overridable as `--config.key=value`.
 
 `dataset=` takes the names below, any TFDS name, `folder:PATH` or
 `tfds_dir:PATH`. Values left at None are derived when the run starts
-(vit_jax/derived_config.py), from the data where only the data can tell
+(vit_jax/config/derived.py), from the data where only the data can tell
 (classes, splits, example count) and from the other values otherwise
 (total_steps from epochs, warmup from total_steps, ...), so overriding one
 value moves everything that follows from it.
@@ -16,7 +16,7 @@ value moves everything that follows from it.
 import ml_collections
 
 from vit_jax.models.variants import get_model_config, parse_name
-from vit_jax.sharding import DEFAULT_RULES
+from vit_jax.training.sharding import DEFAULT_RULES
 
 # name: (classes, train examples, train split, eval split). The example
 # count sizes schedules given in epochs. ImageNet-21k is not in public TFDS:

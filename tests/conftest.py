@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import checkpoints
-from vit_jax.models.variants import get_model_config
+from vit_jax.formats import npz as checkpoints
 from vit_jax.models import build_model
+from vit_jax.models.variants import get_model_config
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import build, init_params, randomize, tiny_model_config
-from vit_jax import attention_maps, checkpoints
+from vit_jax.formats import npz as checkpoints
+from vit_jax.models import attention_maps
 
 
 def _layer_norm(x, p):

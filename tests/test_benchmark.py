@@ -5,7 +5,10 @@ import time
 import types
 
 from conftest import finish, run_module, run_python, start_processes, tiny_config
-from vit_jax import benchmark, metrics, step_profile, trainer
+from vit_jax.tools import benchmark
+from vit_jax.tools import step_profile
+from vit_jax.training import loop as trainer
+from vit_jax.training import metrics
 
 
 class _SlowStep:
@@ -106,7 +109,8 @@ class NoTensorFlow:
 sys.meta_path.insert(0, NoTensorFlow())
 sys.argv = ['benchmark', '--config', 'configs/demo.py', '--config.batch_size=8',
             '--steps=1', '--warmup=1']
-from vit_jax import app, benchmark
+from vit_jax import app
+from vit_jax.tools import benchmark
 app.run(benchmark.main)
 '''
   out = run_python('-c', script, timeout=300)

@@ -8,7 +8,7 @@ import pytest
 from vit_jax.models.variants import get_model_config
 from conftest import abstract_params, build, init_params, randomize, tiny_model_config
 from conftest import vit_b16_reference_tree
-from vit_jax import checkpoints
+from vit_jax.formats import npz as checkpoints
 from vit_jax.models import build_model
 
 PRE_LINEN = {'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1',

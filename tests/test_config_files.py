@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import ROOT, run_module
-from vit_jax.config_files import sibling
+from vit_jax.config.files import sibling
 
 
 def test_no_module_of_the_package_imports_configs():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import build, init_params, randomize, run_python, tiny_model_config
-from vit_jax import hf_export
+from vit_jax.formats import hf as hf_export
 
 LABELS = [f'class {i}' for i in range(10)]
 

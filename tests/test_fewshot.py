@@ -101,7 +101,8 @@ def test_table():
 def test_evaluator_on_digits_skips_missing_datasets(tmp_path):
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
   from configs.fewshot import get_fewshot_section  # pylint: disable=g-import-not-at-top
-  from vit_jax import sharding, trainer  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import sharding# pylint: disable=g-import-not-at-top
+  from vit_jax.training import loop as trainer# pylint: disable=g-import-not-at-top
   config = tiny_config({'dataset': 'digits'})
   section = get_fewshot_section({'digits': ('digits', 'train', 'test'),
                                  'dtd': ('dtd', 'train', 'test')})

@@ -8,7 +8,8 @@ import pytest
 import scipy.ndimage
 
 from conftest import run_module, tiny_model_flags
-from vit_jax import checkpoints, transfer
+from vit_jax.formats import npz as checkpoints
+from vit_jax.formats import transfer
 
 
 def _posemb(grid=(14, 14), prefix=1, width=5, seed=0):
@@ -164,7 +165,7 @@ def test_posemb_that_cannot_be_mapped_names_the_cause():
   assert _fit_error(rectangular, _tree(6, 10), 1) == (
       'checkpoint ckpt.npz: position embedding (1, 11, 8) has 10 grid rows '
       'after 1 class-token row(s), not a square grid, so its height and width '
-      'are unknown; resize it with vit_jax.transfer.resize_posemb(..., '
+      'are unknown; resize it with vit_jax.formats.transfer.resize_posemb(..., '
       'old_grid=(h, w)) and save the checkpoint again.')
 
 

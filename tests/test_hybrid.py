@@ -17,7 +17,7 @@ import pytest
 
 from conftest import (abstract_params, build, hybrid_config,
                       spread_hybrid_params, spread_kernel)
-from vit_jax import checkpoints
+from vit_jax.formats import npz as checkpoints
 from vit_jax.models.resnet import StdConv, standardize_kernel
 
 EPS = 1e-5  # REFERENCE.md section 2
@@ -160,7 +160,8 @@ def test_fewshot_features_of_a_loaded_hybrid_are_the_published_model(tmp_path):
   """`vit_jax.fewshot` loads a hybrid .npz and extracts digit features that
   equal the published-formula model's pre-logits on the same images."""
   from configs.fewshot import get_config  # pylint: disable=g-import-not-at-top
-  from vit_jax import fewshot as fewshot_main, sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax import fewshot as fewshot_main# pylint: disable=g-import-not-at-top
+  from vit_jax.training import sharding
   from vit_jax.evaluators import fewshot  # pylint: disable=g-import-not-at-top
   config = get_config('model=R+Ti/16,image_size=8')
   config.model = hybrid_config(representation_size=16)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax import optim
+from vit_jax.training import optim
 
 
 def test_schedule_warmup_then_decay():

@@ -14,7 +14,7 @@ import numpy as np
 
 from conftest import (ROOT, finish, free_port, run_module, run_python,
                       start_processes, wait_for_line)
-from vit_jax import transfer
+from vit_jax.formats import transfer
 
 DEMO = ['--config', os.path.join(ROOT, 'configs', 'demo.py'),
         '--config.log_steps=2', '--config.schedule.warmup_steps=2',
@@ -198,7 +198,7 @@ def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint():
   script = """
 import os, signal
 from vit_jax import app
-from vit_jax.preemption import PreemptionWatcher
+from vit_jax.runtime.preemption import PreemptionWatcher
 def main():
   watcher = PreemptionWatcher().install()
   os.kill(os.getpid(), signal.SIGINT)

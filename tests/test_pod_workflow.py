@@ -12,7 +12,8 @@ import numpy as np
 
 from conftest import (ROOT, finish, run_module, start_processes,
                       wait_for_line)
-from vit_jax import checkpoints, transfer
+from vit_jax.formats import npz as checkpoints
+from vit_jax.formats import transfer
 
 DEMO = os.path.join(ROOT, 'configs', 'demo.py')
 PRETRAIN = ['--config', DEMO, '--config.total_steps=24',

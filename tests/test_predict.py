@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from conftest import built_once, run_module
-from vit_jax import checkpoints, predict, run_record
+from vit_jax import predict
 from vit_jax.data.sources import digits_source
+from vit_jax.formats import npz as checkpoints
+from vit_jax.formats import run_record
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from vit_jax import metrics, run_files, tensorboard_events
+from vit_jax.training import event_files as tensorboard_events
+from vit_jax.training import growing_files as run_files
+from vit_jax.training import metrics
 
 
 def test_crc32c_matches_the_published_check_value():

@@ -85,7 +85,8 @@ def test_two_processes_on_digits_count_every_test_example_once(tmp_path):
   # computed here on one device without the pipeline.
   # pylint: disable=g-import-not-at-top
   from conftest import tiny_config
-  from vit_jax import checkpoints, transfer
+  from vit_jax.formats import npz as checkpoints
+  from vit_jax.formats import transfer
   from vit_jax.data import sources
   from vit_jax.models import build_model
   params = checkpoints.unflatten_params(transfer.read_orbax_params(str(tmp_path), 4))

@@ -7,12 +7,15 @@ import pytest
 
 from configs import pretrain
 from conftest import tiny_config
-from vit_jax import config_checks, derived_config, evaluators, trainer
-from vit_jax.user_errors import ConfigError
+from vit_jax import evaluators
+from vit_jax.config import checks as config_checks
+from vit_jax.config import derived as derived_config
 from vit_jax.data import inputs
-from vit_jax.evaluators import classification
 from vit_jax.data.synthetic import BatchIterator, SyntheticSource
-from vit_jax.sharding import resolve_mesh_shape
+from vit_jax.evaluators import classification
+from vit_jax.runtime.user_errors import ConfigError
+from vit_jax.training import loop as trainer
+from vit_jax.training.sharding import resolve_mesh_shape
 
 
 def test_pretrain_config_defaults_follow_the_paper():

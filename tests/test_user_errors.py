@@ -11,8 +11,8 @@ import pytest
 
 from conftest import (ROOT, abstract_params, build, init_params, run_module,
                       run_python, tiny_model_config)
-from vit_jax import checkpoints
-from vit_jax.user_errors import UserError
+from vit_jax.formats import npz as checkpoints
+from vit_jax.runtime.user_errors import UserError
 
 
 
@@ -94,7 +94,7 @@ CONFIG_CASES = {
 def demo_config(flags):
   """configs/demo.py with `--config.key=value` flags applied as the flag
   parser would: Python literals, else strings."""
-  from vit_jax.config_files import sibling  # pylint: disable=g-import-not-at-top
+  from vit_jax.config.files import sibling  # pylint: disable=g-import-not-at-top
   config = sibling(os.path.join(ROOT, 'configs', 'demo.py'), 'demo').get_config()
   for flag in flags:
     key, _, text = flag[len('--config.'):].partition('=')

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import build, init_params, randomize, tiny_model_config
-from vit_jax import checkpoints
+from vit_jax.formats import npz as checkpoints
 from vit_jax.models.attention import attend, resolve_implementation
 from vit_jax.models.vit import MultiHeadDotProductAttention, PatchEmbedding
 

@@ -9,7 +9,7 @@ import pytest
 from vit_jax.models.variants import get_model_config
 from conftest import (abstract_params, build, init_params, tiny_model_config,
                       vit_b16_reference_tree)
-from vit_jax.checkpoints import flatten_params
+from vit_jax.formats.npz import flatten_params
 from vit_jax.models import build_model
 
 

@@ -25,14 +25,15 @@ def main():
         process_id=options['process_id'],
         heartbeat_timeout_seconds=options.get('heartbeat_timeout', 100))
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vit_jax import sharding, trainer  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import sharding# pylint: disable=g-import-not-at-top
+  from vit_jax.training import loop as trainer# pylint: disable=g-import-not-at-top
   from vit_jax import evaluators  # pylint: disable=g-import-not-at-top
   from vit_jax.data import inputs  # pylint: disable=g-import-not-at-top
   config = tiny_config(options)
   train_data = inputs.make_train_input(config)  # fills the derived values
   make_evaluators = evaluators.from_config(
       config, inputs.open_source(config), print)
-  from vit_jax.preemption import EXIT_PREEMPTED, Preempted  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime.preemption import EXIT_PREEMPTED, Preempted  # pylint: disable=g-import-not-at-top
   try:
     state, history = trainer.train(config, workdir, train_data=train_data,
                                    evaluators=make_evaluators,

@@ -30,9 +30,10 @@ from absl import app as absl_app
 from absl import flags, logging
 from ml_collections import config_flags
 
-from vit_jax import platform, train_checkpoints
-from vit_jax.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
-from vit_jax.user_errors import EXIT_USER_ERROR, UserError
+from vit_jax.runtime import platform
+from vit_jax.runtime.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
+from vit_jax.runtime.user_errors import EXIT_USER_ERROR, UserError
+from vit_jax.training import checkpointer as train_checkpoints
 
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, optionally with an argument string: '

@@ -14,11 +14,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax import app, checkpoints, metrics, sharding, transfer
+from vit_jax import app
 from vit_jax.evaluators import fewshot
+from vit_jax.formats import npz as checkpoints
+from vit_jax.formats import transfer
 from vit_jax.models import build_model
-from vit_jax.sharding import rules_of
-from vit_jax.user_errors import ConfigError
+from vit_jax.runtime.user_errors import ConfigError
+from vit_jax.training import metrics
+from vit_jax.training import sharding
+from vit_jax.training.sharding import rules_of
 
 
 def load_params(config, mesh):

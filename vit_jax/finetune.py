@@ -5,7 +5,7 @@
 
 The checkpoint's position embedding is resized to the new resolution, the
 head is replaced by a zero-initialized one for the new classes, and every
-other parameter is loaded (see vit_jax/transfer.py). Rerunning resumes from
+other parameter is loaded (see vit_jax/formats/transfer.py). Rerunning resumes from
 the workdir's own checkpoint. At the end the model is written as an
 official-layout .npz (`config.export`).
 """
@@ -15,9 +15,13 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from vit_jax import (app, checkpoints, config_checks, hf_export, run_record,
-                     train, transfer)
-from vit_jax.user_errors import ConfigError
+from vit_jax import app, train
+from vit_jax.config import checks as config_checks
+from vit_jax.formats import hf as hf_export
+from vit_jax.formats import npz as checkpoints
+from vit_jax.formats import run_record
+from vit_jax.formats import transfer
+from vit_jax.runtime.user_errors import ConfigError
 
 
 def pretrained_params(config, workdir=None, log=print):

@@ -36,13 +36,17 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax import app, attention_maps, checkpoints, run_record, transfer
+from vit_jax import app
 from vit_jax.data import inputs
 from vit_jax.data.sources import IMAGE_SUFFIXES
+from vit_jax.formats import npz as checkpoints
+from vit_jax.formats import run_record
+from vit_jax.formats import transfer
+from vit_jax.models import attention_maps
 from vit_jax.models import build_model
-from vit_jax.models.vit import num_prefix_tokens
 from vit_jax.models.variants import get_model_config
-from vit_jax.user_errors import UserError
+from vit_jax.models.vit import num_prefix_tokens
+from vit_jax.runtime.user_errors import UserError
 
 _MODEL = flags.DEFINE_string(
     'model', None, 'A workdir (DIR or DIR@STEP), an .npz file or an AugReg '

@@ -13,9 +13,13 @@ import contextlib
 
 import jax
 
-from vit_jax import (app, config_checks, derived_config, evaluators,
-                     run_record, trainer, workdir_lock)
+from vit_jax import app, evaluators
+from vit_jax.config import checks as config_checks
+from vit_jax.config import derived as derived_config
 from vit_jax.data import inputs
+from vit_jax.formats import run_record
+from vit_jax.runtime import workdir_lock
+from vit_jax.training import loop as trainer
 
 
 def run(pretrained=None, finish=None):

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Protocol
 import jax
 
 from vit_jax.data.synthetic import BatchIterator, SyntheticSource
-from vit_jax.user_errors import ConfigError
+from vit_jax.runtime.user_errors import ConfigError
 
 # A factory of fresh passes over an eval split (host batches with a 'mask').
 EvalPasses = Callable[[], Iterator[dict]]
@@ -154,9 +154,9 @@ def resolve_from_data(config, source, log: Callable[[str], None] = print) -> Non
 def make_train_input(config, source=None) -> TrainInput:
   """The train iterator for config.dataset. `source` is
   `open_source(config)`, given by callers that have already filled the
-  derived values (`resolve_from_data`, `vit_jax.derived_config.fill`, as the
+  derived values (`resolve_from_data`, `vit_jax.config.derived.fill`, as the
   entry points do, with logging); without it they are filled here quietly."""
-  from vit_jax import derived_config  # pylint: disable=g-import-not-at-top
+  from vit_jax.config import derived as derived_config# pylint: disable=g-import-not-at-top
   quiet = lambda _: None  # pylint: disable=unnecessary-lambda-assignment
   if config.dataset == 'synthetic':
     derived_config.fill(config, quiet)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from vit_jax.data.ops import Preprocess
-from vit_jax.user_errors import ConfigError, UserError
+from vit_jax.runtime.user_errors import ConfigError, UserError
 
 ON_CORRUPT = ('stop', 'skip')
 _AUTOTUNE = tf.data.AUTOTUNE

@@ -80,7 +80,7 @@ def _applicable_probes(config, name, spec, log):
 
 def _fewshot_maker(config, spec, log):
   def make(setup):
-    from vit_jax import sharding  # pylint: disable=g-import-not-at-top
+    from vit_jax.training import sharding# pylint: disable=g-import-not-at-top
     from vit_jax.evaluators import fewshot  # pylint: disable=g-import-not-at-top
     return fewshot.FewshotEvaluator(
         spec, model_config=config.model, image_size=config.image_size,

@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 
-from vit_jax import sharding
-from vit_jax.trainer import TrainSetup
+from vit_jax.training import sharding
+from vit_jax.training.loop import TrainSetup
 
 
 def make_eval_step(setup: TrainSetup) -> Callable[[Any, dict], dict]:

@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from vit_jax import sharding
 from vit_jax.models import build_model
+from vit_jax.training import sharding
 
 BIAS_VALUE = 100.0
 STD_EPS = 1e-5

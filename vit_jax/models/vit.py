@@ -201,7 +201,7 @@ class Encoder(nn.Module):
     if o.scan:
       scanned = nn.scan(
           block_class,
-          # Recorded attention probabilities (vit_jax.attention_maps)
+          # Recorded attention probabilities (vit_jax.models.attention_maps)
           # stack along the layer axis like the parameters.
           variable_axes={'params': 0, 'intermediates': 0},
           split_rngs={'params': True, 'dropout': True},

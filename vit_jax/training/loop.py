@@ -20,16 +20,19 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax import metrics as metrics_lib
-from vit_jax import config_checks, derived_config, optim, sharding
-from vit_jax.config_checks import LOSSES
-from vit_jax.user_errors import ConfigError
-from vit_jax.sharding import rules_of
-from vit_jax.checkpoints import flatten_params, unflatten_params
+from vit_jax.config import checks as config_checks
+from vit_jax.config import derived as derived_config
+from vit_jax.config.checks import LOSSES
 from vit_jax.data.inputs import TrainInput
+from vit_jax.formats.npz import flatten_params, unflatten_params
 from vit_jax.models import build_model
-from vit_jax.preemption import Preempted, PreemptionWatcher
-from vit_jax.train_checkpoints import StateCheckpointer, abstract_with_shardings
+from vit_jax.runtime.preemption import Preempted, PreemptionWatcher
+from vit_jax.runtime.user_errors import ConfigError
+from vit_jax.training import metrics as metrics_lib
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training.checkpointer import StateCheckpointer, abstract_with_shardings
+from vit_jax.training.sharding import rules_of
 
 _global_norm = optax.tree.norm if hasattr(optax, 'tree') else optax.global_norm
 
@@ -127,7 +130,7 @@ def make_setup(config: ml_collections.ConfigDict,
 def init_state(setup: TrainSetup, seed: int,
                pretrained: dict[str, np.ndarray] | None = None) -> TrainState:
   """A fresh state, created directly in its shardings. `pretrained` (flat
-  'a/b/c' names -> host arrays, e.g. from vit_jax.transfer) replaces those
+  'a/b/c' names -> host arrays, e.g. from vit_jax.formats.transfer) replaces those
   parameters; the optimizer state is then initialized from the result."""
   config, model = setup.config, setup.model
 

@@ -21,9 +21,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import scipy.ndimage
 
-from vit_jax import checkpoints
-from vit_jax.models.variants import canonical_name
+from vit_jax.formats import npz as checkpoints
 from vit_jax.models import vit
+from vit_jax.models.variants import canonical_name
 
 Params = Any
 POSEMB = checkpoints.POSEMB
@@ -176,7 +176,7 @@ def _check_square_grid(shape: tuple[int, ...], num_prefix_tokens: int,
         f'checkpoint {source}: position embedding {tuple(shape)} has {grid} '
         f'grid rows after {num_prefix_tokens} class-token row(s), not a square '
         f'grid, so its height and width are unknown; resize it with '
-        f'vit_jax.transfer.resize_posemb(..., old_grid=(h, w)) and save the '
+        f'vit_jax.formats.transfer.resize_posemb(..., old_grid=(h, w)) and save the '
         f'checkpoint again.')
 
 

@@ -15,8 +15,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from vit_jax.checkpoints import absolute_path
-from vit_jax.user_errors import UserError
+from vit_jax.formats.npz import absolute_path
+from vit_jax.runtime.user_errors import UserError
 
 
 class StateCheckpointer:

@@ -10,8 +10,8 @@ moves what follows from it. Each derived value is logged in one line.
 
 from typing import Callable
 
-from vit_jax import optim
-from vit_jax.user_errors import ConfigError
+from vit_jax.runtime.user_errors import ConfigError
+from vit_jax.training import optim
 
 PAPER_BATCH_SIZE = 4096
 MAX_EVAL_BATCH_SIZE = 1024

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vit_jax.checkpoints import flatten_params, unflatten_params
+from vit_jax.formats.npz import flatten_params, unflatten_params
 
 OPTIMIZERS = ('adam', 'sgd', 'adafactor')
 SCHEDULES = ('cosine', 'linear', 'rsqrt', 'constant')

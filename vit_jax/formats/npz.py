@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from etils import epath
 
-from vit_jax.user_errors import UserError
+from vit_jax.runtime.user_errors import UserError
 
 Params = Any  # nested dict of arrays
 FlatParams = dict[str, np.ndarray]

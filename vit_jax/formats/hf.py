@@ -11,10 +11,10 @@ from etils import epath
 import flax.linen as nn
 import numpy as np
 
-from vit_jax import checkpoints
+from vit_jax.formats import npz as checkpoints
 from vit_jax.models.posemb import sincos2d_posemb
 from vit_jax.models.vit import LAYER_NORM_EPS
-from vit_jax.user_errors import UserError
+from vit_jax.runtime.user_errors import UserError
 
 Params = checkpoints.Params
 FlatParams = checkpoints.FlatParams

@@ -9,12 +9,14 @@ still before the workdir is touched.
 import math
 from typing import Any
 
-from vit_jax import checkpoints, hf_export, optim
 from vit_jax.evaluators import TYPES as EVAL_TYPES
+from vit_jax.formats import hf as hf_export
+from vit_jax.formats import npz as checkpoints
 from vit_jax.models import resnet, vit
 from vit_jax.models.variants import get_model_config
-from vit_jax.sharding import resolve_mesh_shape
-from vit_jax.user_errors import ConfigError
+from vit_jax.runtime.user_errors import ConfigError
+from vit_jax.training import optim
+from vit_jax.training.sharding import resolve_mesh_shape
 
 LOSSES = ('softmax_xent', 'sigmoid_xent')
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -93,7 +95,7 @@ def check_model(model_config, image_size: int) -> None:
         f'Set --config.image_size to a multiple of {max(multiple)}.')
 
 
-# Keys a config may leave at None until vit_jax.derived_config fills them.
+# Keys a config may leave at None until vit_jax.config.derived fills them.
 DERIVED_KEYS = ('batch_size', 'eval_batch_size', 'total_steps',
                 'checkpoint_steps', 'num_classes', 'train_examples')
 

@@ -14,7 +14,7 @@ import struct
 import time
 from typing import Mapping
 
-from vit_jax import run_files
+from vit_jax.training import growing_files as run_files
 
 # A new file once one holds this much, so a bucket object is never rewritten
 # with more than this.

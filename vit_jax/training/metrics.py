@@ -10,8 +10,9 @@ from typing import Any, Mapping
 
 import jax
 
-from vit_jax import run_files, tensorboard_events
 from vit_jax.models.vit import num_prefix_tokens
+from vit_jax.training import event_files as tensorboard_events
+from vit_jax.training import growing_files as run_files
 
 # Dense bf16 peak FLOP/s per device, by `device_kind` prefix.
 PEAK_FLOPS = {
@@ -76,7 +77,7 @@ def vit_forward_flops(model_config: Mapping[str, Any], image_size: int,
 
 class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events in
-  `workdir/tb`, local or gs:// alike (see vit_jax/run_files.py)."""
+  `workdir/tb`, local or gs:// alike (see vit_jax/training/growing_files.py)."""
 
   def __init__(self, workdir: str | None):
     self.active = workdir is not None and jax.process_index() == 0

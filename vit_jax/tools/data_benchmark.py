@@ -1,6 +1,6 @@
 """Input-pipeline throughput on JPEGs written here (no dataset needed).
 
-  python -m vit_jax.data.benchmark [--images 512] [--threads 1,2] [--batch 64]
+  python -m vit_jax.tools.data_benchmark [--images 512] [--threads 1,2] [--batch 64]
 
 Writes ImageNet-like JPEGs (random sizes around 500x375, smooth content so
 they compress like photos) into a folder dataset, then times the training
@@ -75,6 +75,10 @@ def main():
         print(f'{name:<16}{threads:>8}{rate:>10.0f}{rate / threads:>14.0f}')
 
 
-if __name__ == '__main__':
+def run() -> None:
   define_flags()
   app.run(main, required=(), distributed=False)
+
+
+if __name__ == '__main__':
+  run()

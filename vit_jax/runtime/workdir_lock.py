@@ -19,7 +19,7 @@ import uuid
 
 from etils import epath
 
-from vit_jax.user_errors import UserError
+from vit_jax.runtime.user_errors import UserError
 
 LOCK_FILE = 'lock.json'
 RENEW_SECONDS = 15.0

@@ -1,0 +1,1 @@
+"""Configs of a run: checks of what the user typed, values derived from the others, config-file loading."""

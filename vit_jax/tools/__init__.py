@@ -1,0 +1,1 @@
+"""Tools beside training: AOT compile, benchmarks, step profile, model summary."""

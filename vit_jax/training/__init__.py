@@ -1,0 +1,1 @@
+"""The train loop and what it owns: state, step, optimizer, sharding, checkpoints, metrics."""
