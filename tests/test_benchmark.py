@@ -7,7 +7,6 @@ import types
 from conftest import finish, run_module, run_python, start_processes, tiny_config
 from vit_jax.tools import benchmark
 from vit_jax.tools import step_profile
-from vit_jax.training import loop as trainer
 from vit_jax.training import metrics
 
 
@@ -40,8 +39,8 @@ class _SlowStep:
 def test_benchmark_times_every_measured_step_and_not_the_warmup(monkeypatch):
   config = tiny_config({})
   calls = []
-  make_step = trainer.make_train_step
-  monkeypatch.setattr(trainer, 'make_train_step',
+  make_step = benchmark.make_train_step
+  monkeypatch.setattr(benchmark, 'make_train_step',
                       lambda setup: _SlowStep(make_step(setup), 0.2, calls))
   result = benchmark.benchmark(config, steps=3, warmup=2)
   assert len(calls) == 2 + 3

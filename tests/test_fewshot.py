@@ -101,8 +101,8 @@ def test_table():
 def test_evaluator_on_digits_skips_missing_datasets(tmp_path):
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
   from configs.fewshot import get_fewshot_section  # pylint: disable=g-import-not-at-top
-  from vit_jax.training import sharding# pylint: disable=g-import-not-at-top
-  from vit_jax.training import loop as trainer# pylint: disable=g-import-not-at-top
+  from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.training.state import init_state, make_setup  # pylint: disable=g-import-not-at-top
   config = tiny_config({'dataset': 'digits'})
   section = get_fewshot_section({'digits': ('digits', 'train', 'test'),
                                  'dtd': ('dtd', 'train', 'test')})
@@ -115,8 +115,8 @@ def test_evaluator_on_digits_skips_missing_datasets(tmp_path):
       log=warnings.append)
   assert list(evaluator.datasets) == ['digits']
   assert len(warnings) == 1 and warnings[0].startswith('few-shot: skipping dtd:')
-  setup = trainer.make_setup(config, mesh)
-  params = trainer.init_state(setup, 0).params
+  setup = make_setup(config, mesh)
+  params = init_state(setup, 0).params
   train_x, train_y = evaluator.features(params, evaluator.datasets['digits'][1][0])
   test_x, test_y = evaluator.features(params, evaluator.datasets['digits'][1][1])
   assert train_x.shape == (1437, 32) and test_x.shape == (360, 32)

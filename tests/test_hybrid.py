@@ -160,7 +160,7 @@ def test_fewshot_features_of_a_loaded_hybrid_are_the_published_model(tmp_path):
   """`vit_jax.fewshot` loads a hybrid .npz and extracts digit features that
   equal the published-formula model's pre-logits on the same images."""
   from configs.fewshot import get_config  # pylint: disable=g-import-not-at-top
-  from vit_jax import fewshot as fewshot_main# pylint: disable=g-import-not-at-top
+  from vit_jax import fewshot as fewshot_main  # pylint: disable=g-import-not-at-top
   from vit_jax.training import sharding
   from vit_jax.evaluators import fewshot  # pylint: disable=g-import-not-at-top
   config = get_config('model=R+Ti/16,image_size=8')

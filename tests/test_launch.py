@@ -109,7 +109,7 @@ def test_aot_compiles_the_train_step_for_a_v5e_2x2():
     pytest.skip('libtpu is not installed (pip install -e ".[tpu-aot]"); '
                 'it is needed to compile for a TPU topology.')
   from configs.demo import get_config  # pylint: disable=g-import-not-at-top
-  from vit_jax.tools import aot# pylint: disable=g-import-not-at-top
+  from vit_jax.tools import aot  # pylint: disable=g-import-not-at-top
   config = get_config()
   config.unlock()
   config.image_size = 32

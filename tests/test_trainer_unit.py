@@ -14,7 +14,9 @@ from vit_jax.data import inputs
 from vit_jax.data.synthetic import BatchIterator, SyntheticSource
 from vit_jax.evaluators import classification
 from vit_jax.runtime.user_errors import ConfigError
+from vit_jax.training import losses
 from vit_jax.training import loop as trainer
+from vit_jax.training.state import init_state, make_setup
 from vit_jax.training.sharding import resolve_mesh_shape
 
 
@@ -111,15 +113,15 @@ def test_mesh_shape_resolution_and_errors():
 
 def test_losses():
   logits = jnp.array([[2.0, 0.0, -1.0]])
-  softmax = trainer.classification_loss(logits, jnp.array([0]), kind='softmax_xent')
+  softmax = losses.classification_loss(logits, jnp.array([0]), kind='softmax_xent')
   expected = -np.log(np.exp(2) / (np.exp(2) + 1 + np.exp(-1)))
   np.testing.assert_allclose(softmax, expected, rtol=1e-6)
-  sigmoid = trainer.classification_loss(logits, jnp.array([[1., 0., 0.]]),
+  sigmoid = losses.classification_loss(logits, jnp.array([[1., 0., 0.]]),
                                         kind='sigmoid_xent')
   np.testing.assert_allclose(
       sigmoid, np.log1p(np.exp(-2)) + np.log1p(np.exp(0)) + np.log1p(np.exp(-1)),
       rtol=1e-6)
-  smoothed = trainer.classification_loss(logits, jnp.array([0]),
+  smoothed = losses.classification_loss(logits, jnp.array([0]),
                                          kind='softmax_xent', label_smoothing=0.3)
   log_probs = logits[0] - jnp.log(jnp.sum(jnp.exp(logits[0])))
   np.testing.assert_allclose(
@@ -161,14 +163,14 @@ def test_batch_not_divisible_by_data_parallel_size():
   config = tiny_config({'accum_steps': 3})
   with pytest.raises(ValueError, match=r'batch_size=16 is not divisible by the '
                      r'data-parallel size 1 x accum_steps 3'):
-    trainer.make_setup(config)
+    make_setup(config)
 
 
 def test_eval_step_scores_multi_hot_labels_and_masks():
   """ReaL-style labels: top-1 is right when it is any positive class;
   examples without a positive class and padded examples do not count."""
-  setup = trainer.make_setup(tiny_config({}))
-  state = trainer.init_state(setup, 0)
+  setup = make_setup(tiny_config({}))
+  state = init_state(setup, 0)
   params = jax.tree.map(lambda x: x + 0.05 * jnp.cos(jnp.arange(x.size).reshape(x.shape)),
                         state.params)
   images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)

@@ -261,7 +261,7 @@ def test_processes_probing_one_workdir_at_once_all_pass(tmp_path):
   # here two processes meet (ready files) and then probe for a second.
   probe_together = (
       'import pathlib, sys, time\n'
-      'from vit_jax import trainer\n'
+      'from vit_jax.training import loop as trainer\n'
       'workdir, ready, me = sys.argv[1:]\n'
       'pathlib.Path(ready, me).touch()\n'
       'while len(list(pathlib.Path(ready).iterdir())) < 2: time.sleep(0.01)\n'

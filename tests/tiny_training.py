@@ -25,8 +25,8 @@ def main():
         process_id=options['process_id'],
         heartbeat_timeout_seconds=options.get('heartbeat_timeout', 100))
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vit_jax.training import sharding# pylint: disable=g-import-not-at-top
-  from vit_jax.training import loop as trainer# pylint: disable=g-import-not-at-top
+  from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import loop as trainer  # pylint: disable=g-import-not-at-top
   from vit_jax import evaluators  # pylint: disable=g-import-not-at-top
   from vit_jax.data import inputs  # pylint: disable=g-import-not-at-top
   config = tiny_config(options)

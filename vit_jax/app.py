@@ -33,7 +33,7 @@ from ml_collections import config_flags
 from vit_jax.runtime import platform
 from vit_jax.runtime.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
 from vit_jax.runtime.user_errors import EXIT_USER_ERROR, UserError
-from vit_jax.training import checkpointer as train_checkpoints
+from vit_jax.runtime import coordination
 
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, optionally with an argument string: '
@@ -100,7 +100,7 @@ def initialize_distributed() -> None:
   # backend; accelerators ignore this setting.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   try:
-    jax.distributed.initialize(**kwargs)
+    coordination.start(**kwargs)
   except Exception as e:  # pylint: disable=broad-except
     if not explicit:
       raise
@@ -112,9 +112,6 @@ def initialize_distributed() -> None:
         f'and a distinct --process_id, with process 0 on that host.') from None
   if jax.process_count() > 1:
     _watch_for_failures()
-    # A process that cannot read a checkpoint waits this long to hear
-    # whether the others could not either.
-    train_checkpoints.AGREE_SECONDS = HEARTBEAT.value
 
 
 def check_port_free(address: str) -> None:
@@ -138,11 +135,6 @@ def check_port_free(address: str) -> None:
           f'stop it or pass a free port to every process.') from None
 
 
-def _client():
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  return distributed.global_state.client
-
-
 def _watch_for_failures() -> None:
   """A daemon thread that ends this process as soon as another one reports
   a failure (heartbeats only catch processes that died)."""
@@ -162,10 +154,7 @@ def _watch_for_failures() -> None:
 
 
 def _reported_failure() -> str | None:
-  try:
-    return _client().key_value_try_get(_FAILURE_KEY)
-  except Exception:  # pylint: disable=broad-except
-    return None
+  return coordination.read_now(_FAILURE_KEY)
 
 
 def _report_failure(message: str) -> None:
@@ -175,7 +164,7 @@ def _report_failure(message: str) -> None:
   and exited, the service is gone and JAX would abort this one)."""
   import jax  # pylint: disable=g-import-not-at-top
   try:
-    _client().key_value_set(
+    coordination.publish(
         _FAILURE_KEY, f'process {jax.process_index()} failed: {message}')
   except Exception:  # pylint: disable=broad-except
     return  # another process reported first, or the service is gone
@@ -183,18 +172,12 @@ def _report_failure(message: str) -> None:
     time.sleep(4 * _FAILURE_POLL_SECONDS)
 
 
-def _multiprocess() -> bool:
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  return distributed.global_state.client is not None and jax.process_count() > 1
-
-
 def _exit(code: int) -> None:
   """With several processes, skip the interpreter's exit (jax.distributed's
   shutdown barrier would wait for processes that are not coming)."""
   sys.stdout.flush()
   sys.stderr.flush()
-  if code and _multiprocess():
+  if code and coordination.multiprocess():
     os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
 
@@ -257,7 +240,7 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
       # after this line.
       std_logging.getLogger('asyncio').disabled = True
       print(f'error: {e}', file=sys.stderr, flush=True)
-      if _multiprocess():
+      if coordination.multiprocess():
         _report_failure(str(e))
       _exit(EXIT_USER_ERROR)
     except Preempted as e:
@@ -267,14 +250,14 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
       print('interrupted: stopped without saving', file=sys.stderr, flush=True)
       _exit(EXIT_INTERRUPTED)
     except Exception as e:  # pylint: disable=broad-except
-      reported = _reported_failure() if _multiprocess() else None
+      reported = _reported_failure() if coordination.multiprocess() else None
       if reported:
         # A collective broke because another process failed first: its
         # message is the cause, this traceback only the consequence.
         print(f'error: stopping: {reported}', file=sys.stderr, flush=True)
         _exit(1)
       traceback.print_exc()
-      if _multiprocess():
+      if coordination.multiprocess():
         _report_failure(f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
                         if str(e) else type(e).__name__)
       _exit(1)

@@ -9,16 +9,15 @@ still before the workdir is touched.
 import math
 from typing import Any
 
-from vit_jax.evaluators import TYPES as EVAL_TYPES
+from vit_jax import evaluators
 from vit_jax.formats import hf as hf_export
 from vit_jax.formats import npz as checkpoints
 from vit_jax.models import resnet, vit
 from vit_jax.models.variants import get_model_config
 from vit_jax.runtime.user_errors import ConfigError
-from vit_jax.training import optim
+from vit_jax.training import losses, optim
 from vit_jax.training.sharding import resolve_mesh_shape
 
-LOSSES = ('softmax_xent', 'sigmoid_xent')
 DTYPES = ('float32', 'bfloat16', 'float16')
 ATTENTION_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
 
@@ -102,10 +101,11 @@ DERIVED_KEYS = ('batch_size', 'eval_batch_size', 'total_steps',
 
 def _check_evals(config) -> None:
   for name, spec in (config.get('evals') or {}).items():
-    if spec.get('type') not in EVAL_TYPES:
+    if not evaluators.known_type(spec.get('type')):
       raise ConfigError(
           f'config.evals.{name}.type={spec.get("type")!r}: expected one of '
-          f'{", ".join(EVAL_TYPES)}; set --config.evals.{name}.type.')
+          f'{", ".join(evaluators.builtin_types())} or the dotted path of an '
+          f'evaluator module; set --config.evals.{name}.type.')
     if spec.get('every_steps') is not None:  # None: derived; 0: off
       _non_negative_int(f'evals.{name}.every_steps', spec.every_steps)
 
@@ -125,7 +125,7 @@ def check_config(config, num_devices: int) -> None:
   _check_evals(config)
   if config.get('shuffle_buffer') is not None:
     _positive_int('shuffle_buffer', config.shuffle_buffer)
-  _one_of('loss', config.loss, LOSSES)
+  _one_of('loss', config.loss, losses.LOSSES)
   _number('label_smoothing', config.get('label_smoothing', 0.), low=0., high=1.,
           high_open=True)
 

@@ -156,7 +156,7 @@ def make_train_input(config, source=None) -> TrainInput:
   `open_source(config)`, given by callers that have already filled the
   derived values (`resolve_from_data`, `vit_jax.config.derived.fill`, as the
   entry points do, with logging); without it they are filled here quietly."""
-  from vit_jax.config import derived as derived_config# pylint: disable=g-import-not-at-top
+  from vit_jax.config import derived as derived_config  # pylint: disable=g-import-not-at-top
   quiet = lambda _: None  # pylint: disable=unnecessary-lambda-assignment
   if config.dataset == 'synthetic':
     derived_config.fill(config, quiet)
@@ -196,17 +196,3 @@ def eval_passes(config, source, split: str) -> EvalPasses:
       batch_size=config.eval_batch_size, on_corrupt=config.on_corrupt,
       cache=config.cache_eval, process_index=jax.process_index(),
       process_count=jax.process_count())
-
-
-def real_passes(config) -> EvalPasses | None:
-  """Passes over ImageNet's validation images with their ReaL labels
-  (multi-hot, `imagenet2012_real` in TFDS), or None with a warning when that
-  dataset is not prepared in config.data_dir."""
-  from vit_jax.data import sources  # pylint: disable=g-import-not-at-top
-  try:
-    real = sources.TfdsSource('imagenet2012_real', config.data_dir,
-                              label_key='real_label')
-  except sources.DatasetNotFoundError as e:
-    logging.warning('skipping the ImageNet ReaL evaluation: %s', e)
-    return None
-  return eval_passes(config, real, 'validation')

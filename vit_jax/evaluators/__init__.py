@@ -6,18 +6,26 @@
   config.evals.fewshot = dict(type='fewshot', every_steps=10_000,
                               datasets=..., shots=..., ...)
 
-Each runs on its own `every_steps` (and at the last step), independent of
-`log_steps`, or never with `every_steps=0`; it returns the scalars it logs:
-`eval/<name>` and `eval/<name>_examples` for classification and ReaL,
-`fewshot/<dataset>_<k>shot` for few-shot probes. Data are opened by
-`from_config` before the run writes anything, so a bad split is an error
-before the workdir is touched; the jitted parts are built once the trainer
-knows its mesh.
+The `type` names a module: `vit_jax.evaluators.<type>`, or any importable
+dotted module path for an evaluator of your own. The module has one
+
+  make(name, spec, context) -> None or (setup -> evaluator)
+
+which opens the data it needs now, before the run writes anything (so a
+bad split is an error before the workdir is touched), and returns None,
+after one line saying why, when the eval does not apply to this run. The
+returned factory is called with the trainer's `TrainSetup` once the mesh
+exists. Each evaluator runs on its own `every_steps` (and at the last
+step), independent of `log_steps`, or never with `every_steps=0`, and
+returns the scalars it logs; the console shows each of them except the
+details named in `vit_jax.training.metrics.DETAIL_SUFFIXES`.
 """
 
+import dataclasses
+import importlib
+import importlib.util
+import pkgutil
 from typing import Any, Callable, Protocol
-
-TYPES = ('classification', 'real', 'fewshot')
 
 
 class Evaluator(Protocol):
@@ -26,63 +34,45 @@ class Evaluator(Protocol):
   def __call__(self, params: Any) -> dict[str, float]: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What every evaluator's `make` gets besides its own spec."""
+  config: Any  # the run's resolved config
+  source: Any  # the training data source (`vit_jax.data.inputs.open_source`)
+  log: Callable[[str], None]
+
+
+def module_name(type_name: str) -> str:
+  return type_name if '.' in type_name else f'{__name__}.{type_name}'
+
+
+def builtin_types() -> list[str]:
+  return sorted(m.name for m in pkgutil.iter_modules(__path__))
+
+
+def known_type(type_name: Any) -> bool:
+  """Whether `type_name` names an evaluator module (found, not imported)."""
+  if not isinstance(type_name, str) or not type_name:
+    return False
+  try:
+    return importlib.util.find_spec(module_name(type_name)) is not None
+  except (ImportError, ValueError):
+    return False
+
+
 def from_config(config, source, log: Callable[[str], None]
                 ) -> Callable[[Any], list[Evaluator]]:
-  """Opens the data of every eval in `config.evals` now and returns the
+  """Makes every eval in `config.evals` (data opened now) and returns the
   factory the trainer calls with its `TrainSetup`. `source` is the training
-  dataset (`inputs.open_source`; None for synthetic data). Evals that do not
-  apply are skipped with one line each: ReaL for a model not trained on
-  ImageNet-1k classes, probes of the bundled digits for models trained on
-  other data."""
-  from vit_jax.data import inputs  # pylint: disable=g-import-not-at-top
-  from vit_jax.evaluators import classification  # pylint: disable=g-import-not-at-top
+  dataset (None for synthetic data)."""
+  context = Context(config, source, log)
   makers = []
   for name, spec in (config.get('evals') or {}).items():
-    every = spec.every_steps
-    if every == 0:
+    if spec.every_steps == 0:
       log(f'evals.{name}: off (every_steps=0)')
       continue
-    if spec.type == 'classification':
-      split = inputs.split_or_none(spec.get('split'))
-      if split is None:  # e.g. --config.eval_split=None
-        continue
-      passes = inputs.eval_passes(config, source, split)
-      makers.append(classification.maker(name, passes, every))
-    elif spec.type == 'real':
-      if config.dataset != 'imagenet2012':
-        log(f'evals.{name}: skipped (ReaL labels apply to models trained on '
-            f'imagenet2012, not {config.dataset})')
-        continue
-      passes = inputs.real_passes(config)
-      if passes is not None:
-        makers.append(classification.maker(name, passes, every))
-    else:
-      probes = _applicable_probes(config, name, spec, log)
-      if probes.datasets:
-        makers.append(_fewshot_maker(config, probes, log))
+    module = importlib.import_module(module_name(spec.type))
+    maker = module.make(name, spec, context)
+    if maker is not None:
+      makers.append(maker)
   return lambda setup: [make(setup) for make in makers]
-
-
-def _applicable_probes(config, name, spec, log):
-  """Probes on the bundled 8x8 digits measure only models trained on the
-  digits (the demo); pointed at other data, such a config skips them."""
-  if config.dataset == 'digits':
-    return spec
-  digits = [key for key, (dataset, *_) in spec.datasets.items()
-            if dataset == 'digits']
-  if digits:
-    log(f'evals.{name}: skipping {", ".join(digits)} (the digits probes apply '
-        f'to models trained on the digits)')
-    spec = spec.copy_and_resolve_references()
-    spec.datasets = {k: v for k, v in spec.datasets.items() if k not in digits}
-  return spec
-
-
-def _fewshot_maker(config, spec, log):
-  def make(setup):
-    from vit_jax.training import sharding# pylint: disable=g-import-not-at-top
-    from vit_jax.evaluators import fewshot  # pylint: disable=g-import-not-at-top
-    return fewshot.FewshotEvaluator(
-        spec, model_config=config.model, image_size=config.image_size,
-        mesh=setup.mesh, rules=sharding.rules_of(config), log=log)
-  return make

@@ -9,8 +9,9 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 
+from vit_jax.data import inputs
 from vit_jax.training import sharding
-from vit_jax.training.loop import TrainSetup
+from vit_jax.training.state import TrainSetup
 
 
 def make_eval_step(setup: TrainSetup) -> Callable[[Any, dict], dict]:
@@ -63,6 +64,13 @@ class ClassificationEvaluator:
     return {f'eval/{self.name}': accuracy, f'eval/{self.name}_examples': count}
 
 
-def maker(name: str, passes, every_steps: int
-          ) -> Callable[[TrainSetup], ClassificationEvaluator]:
-  return lambda setup: ClassificationEvaluator(name, passes, every_steps, setup)
+def make(name: str, spec, context
+         ) -> Callable[[TrainSetup], ClassificationEvaluator] | None:
+  """Accuracy on `spec.split` of the training dataset, through the run's
+  pp_eval; none when the split is None (e.g. --config.eval_split=None)."""
+  split = inputs.split_or_none(spec.get('split'))
+  if split is None:
+    return None
+  passes = inputs.eval_passes(context.config, context.source, split)
+  return lambda setup: ClassificationEvaluator(name, passes, spec.every_steps,
+                                               setup)

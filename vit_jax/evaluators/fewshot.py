@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from vit_jax.data import inputs, pipeline, sources
 from vit_jax.models import build_model
 from vit_jax.training import sharding
 
@@ -117,7 +118,6 @@ class FewshotEvaluator:
 
   def __init__(self, fewshot_config, *, model_config, image_size: int, mesh,
                rules=(), log: Callable[[str], None] = logging.warning):
-    from vit_jax.data import inputs, pipeline, sources  # pylint: disable=g-import-not-at-top
     self.config, self.mesh = fewshot_config, mesh
     self.every_steps = fewshot_config.get('every_steps')  # in training
     self.feature_fn = make_feature_fn(model_config, mesh, rules)
@@ -168,6 +168,27 @@ class FewshotEvaluator:
         metrics[f'fewshot/{name}_{k}shot'] = mean
         metrics[f'fewshot/{name}_{k}shot_std'] = std
     return metrics
+
+
+def make(name: str, spec, context):
+  """Probes of the frozen model during training. Probes on the bundled 8x8
+  digits measure only models trained on the digits (the demo); pointed at
+  other data, such a config skips them."""
+  config, log = context.config, context.log
+  if config.dataset != 'digits':
+    digits = [key for key, (dataset, *_) in spec.datasets.items()
+              if dataset == 'digits']
+    if digits:
+      log(f'evals.{name}: skipping {", ".join(digits)} (the digits probes '
+          f'apply to models trained on the digits)')
+      spec = spec.copy_and_resolve_references()
+      spec.datasets = {k: v for k, v in spec.datasets.items()
+                       if k not in digits}
+  if not spec.datasets:
+    return None
+  return lambda setup: FewshotEvaluator(
+      spec, model_config=config.model, image_size=config.image_size,
+      mesh=setup.mesh, rules=sharding.rules_of(config), log=log)
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -84,10 +84,11 @@ def compile_report(config, devices) -> dict:
   import jax.numpy as jnp
   from vit_jax.training import metrics
   from vit_jax.training import sharding
-  from vit_jax.training import loop as trainer
+  from vit_jax.training.state import make_setup
+  from vit_jax.training.step import make_train_step
   mesh = sharding.make_mesh(config.mesh, devices=devices)
-  setup = trainer.make_setup(config, mesh)
-  step = trainer.make_train_step(setup)
+  setup = make_setup(config, mesh)
+  step = make_train_step(setup)
   batch_sharding = sharding.batch_sharding(mesh)
   size = config.image_size
   batch = {

@@ -25,7 +25,8 @@ import numpy as np
 
 from vit_jax import app
 from vit_jax.tools import step_profile
-from vit_jax.training import loop as trainer
+from vit_jax.training.state import init_state, make_setup
+from vit_jax.training.step import make_train_step
 from vit_jax.training import metrics
 from vit_jax.training import sharding
 
@@ -71,10 +72,10 @@ SWEEP_CANDIDATES = {
 
 
 def benchmark(config, steps: int, warmup: int, profile_steps: int = 0) -> dict:
-  setup = trainer.make_setup(config)
+  setup = make_setup(config)
   mesh = setup.mesh
-  state = trainer.init_state(setup, config.seed)
-  step_fn = trainer.make_train_step(setup)
+  state = init_state(setup, config.seed)
+  step_fn = make_train_step(setup)
   rng = np.random.default_rng(0)
   size = config.image_size
   host = {'images': rng.uniform(-1, 1, (config.batch_size, size, size, 3)
@@ -184,7 +185,7 @@ def main():
   result = benchmark(config, _STEPS.value, _WARMUP.value, _PROFILE.value)
   profile = result.pop('profile', None)
   if _PEER.value != 'none':
-    from vit_jax.tools import peer_benchmark# pylint: disable=g-import-not-at-top
+    from vit_jax.tools import peer_benchmark  # pylint: disable=g-import-not-at-top
     on_gpu = jax.devices()[0].platform == 'gpu'
     compile_model = on_gpu if _PEER_COMPILE.value is None else _PEER_COMPILE.value
     result.update(peer_benchmark.time_peer(

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from vit_jax.formats.npz import absolute_path
+from vit_jax.runtime import coordination
 from vit_jax.runtime.user_errors import UserError
 
 
@@ -128,16 +129,18 @@ class StateCheckpointer:
     expected = _param_shapes(abstract_state)
     if not saved or saved == expected:
       return
-    lines = [f'  {k}: checkpoint {saved.get(k)} vs config {expected.get(k)}'
-             for k in sorted(set(saved) | set(expected))
-             if saved.get(k) != expected.get(k)]
+    differ = [f'{k.removeprefix("params/")} (checkpoint {saved.get(k)}, '
+              f'config {expected.get(k)})'
+              for k in sorted(set(saved) | set(expected))
+              if saved.get(k) != expected.get(k)]
+    shown = '; '.join(differ[:3]) + (f'; and {len(differ) - 3} more'
+                                     if len(differ) > 3 else '')
     raise CheckpointConfigError(
         f'the checkpoint at step {step} in {self._directory} was written by a '
-        f'model of another shape than config.model describes:\n'
-        + '\n'.join(lines[:20]) + (f'\n  ... {len(lines) - 20} more'
-                                    if len(lines) > 20 else '')
-        + '\nResume with the config it was trained with, or use a new '
-        '--workdir (to start from these weights, fine-tune with init_from).')
+        f'model of another shape than config.model describes: {len(differ)} '
+        f'parameters differ: {shown}. Resume with the config it was trained '
+        f'with, or use a new --workdir (to start from these weights, '
+        f'fine-tune with init_from).')
 
   def _set_aside(self, step: int) -> None:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -187,11 +190,6 @@ def root_cause(error: BaseException) -> str:
   return f'{type(last).__name__}: {text[:300]}' if text else type(last).__name__
 
 
-# How long a process that cannot read a checkpoint waits to hear whether the
-# others could not either (they all read the same files at the same time).
-AGREE_SECONDS = 60
-
-
 class WorkdirNotSharedError(UserError):
   """The processes of one run see different checkpoints in the workdir."""
 
@@ -203,12 +201,9 @@ def agree_on_steps(steps: list[int], directory) -> None:
   forever: the usual cause is a local workdir on each host of a pod."""
   if jax.process_count() == 1:
     return
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  client = distributed.global_state.client
-  client.key_value_set(f'vit_jax/checkpoint_steps/{jax.process_index()}',
+  coordination.publish(f'vit_jax/checkpoint_steps/{jax.process_index()}',
                        json.dumps(steps))
-  seen = [json.loads(client.blocking_key_value_get(
-      f'vit_jax/checkpoint_steps/{process}', AGREE_SECONDS * 1000))
+  seen = [json.loads(coordination.wait_for(f'vit_jax/checkpoint_steps/{process}'))
           for process in range(jax.process_count())]
   if any(other != steps for other in seen):
     views = ', '.join(f'process {p} step {v[-1]}' if v else f'process {p} none'
@@ -219,27 +214,25 @@ def agree_on_steps(steps: list[int], directory) -> None:
         f'directory (gs:// or a shared filesystem), not a local one per host.')
 
 
-class CheckpointUnreadableError(RuntimeError):
+class CheckpointUnreadableError(UserError):
   """Some processes read a checkpoint that others cannot."""
 
 
 def agree_damaged(step: int, reason: str, directory) -> None:
   """Returns once every process has failed to restore `step`. Raises
-  CheckpointUnreadableError when one did not fail within AGREE_SECONDS (it
+  CheckpointUnreadableError when one did not fail within the peer wait (it
   read the checkpoint and waits for this one in a collective of the
   restore), and leaves a verdict for the others: when this process leaves,
   their restore breaks too, and that must not count as damage."""
   if jax.process_count() == 1:
     return
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  client = distributed.global_state.client
   key = f'vit_jax/restore_failed/{step}'
   verdict_key = f'vit_jax/restore_unreadable/{step}'
   me = jax.process_index()
-  client.key_value_set(f'{key}/{me}', reason)
+  coordination.publish(f'{key}/{me}', reason)
   for process in range(jax.process_count()):
     try:
-      client.blocking_key_value_get(f'{key}/{process}', AGREE_SECONDS * 1000)
+      coordination.wait_for(f'{key}/{process}')
     except Exception:  # pylint: disable=broad-except
       message = (
           f'process {me} cannot read the checkpoint at step {step} in '
@@ -247,18 +240,17 @@ def agree_damaged(step: int, reason: str, directory) -> None:
           f'the checkpoint is left as it is (not set aside). Check that this '
           f'host can read the workdir, then rerun.')
       try:
-        client.key_value_set(verdict_key, message)
+        coordination.publish(verdict_key, message)
       except Exception:  # pylint: disable=broad-except
         pass  # another process gave the verdict first
       raise CheckpointUnreadableError(message) from None
-  try:
-    verdict = client.key_value_try_get(verdict_key)
-  except Exception:  # pylint: disable=broad-except
-    return  # no verdict: every process failed to read it
-  raise CheckpointUnreadableError(verdict)
+  verdict = coordination.read_now(verdict_key)
+  if verdict is not None:
+    raise CheckpointUnreadableError(verdict)
+  # No verdict: every process failed to read it.
 
 
-class CheckpointConfigError(ValueError):
+class CheckpointConfigError(UserError):
   """The workdir's checkpoint does not fit the model of the config."""
 
 

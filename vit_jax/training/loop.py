@@ -1,232 +1,26 @@
-"""The one train loop, shared by pre-training and fine-tuning.
-
-The state is one `TrainState` (a pytree); its shapes, shardings, fresh
-value and update all come from that one definition. The train step is a
-pure function of (state, batch), jitted with explicit shardings and a
-donated state. Dropout keys derive from (rng, step) alone, and JAX's
-partitionable threefry makes them independent of the mesh.
+"""The one train loop, shared by pre-training and fine-tuning: restore or
+create the state, step, log, evaluate and checkpoint on their cadences.
 """
 
-import dataclasses
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
-import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 
-from vit_jax.config import checks as config_checks
-from vit_jax.config import derived as derived_config
-from vit_jax.config.checks import LOSSES
 from vit_jax.data.inputs import TrainInput
-from vit_jax.formats.npz import flatten_params, unflatten_params
-from vit_jax.models import build_model
 from vit_jax.runtime.preemption import Preempted, PreemptionWatcher
 from vit_jax.runtime.user_errors import ConfigError
 from vit_jax.training import metrics as metrics_lib
-from vit_jax.training import optim
 from vit_jax.training import sharding
-from vit_jax.training.checkpointer import StateCheckpointer, abstract_with_shardings
-from vit_jax.training.sharding import rules_of
-
-_global_norm = optax.tree.norm if hasattr(optax, 'tree') else optax.global_norm
+from vit_jax.training.checkpointer import StateCheckpointer
+from vit_jax.training.state import TrainSetup, TrainState, init_state, make_setup
+from vit_jax.training.step import make_train_step
 
 
 class NonFiniteError(RuntimeError):
   """Loss or gradient norm became NaN/Inf."""
-
-
-def classification_loss(logits: jax.Array, labels: jax.Array, *, kind: str,
-                        label_smoothing: float = 0.0) -> jax.Array:
-  """Mean loss; `labels` are class ids (n,) or (multi-)hot targets (n, C)."""
-  num_classes = logits.shape[-1]
-  if labels.ndim == 1:
-    labels = jax.nn.one_hot(labels, num_classes)
-  labels = labels.astype(jnp.float32)
-  if label_smoothing:
-    labels = labels * (1 - label_smoothing) + label_smoothing / num_classes
-  if kind == 'softmax_xent':
-    return jnp.mean(optax.softmax_cross_entropy(logits, labels))
-  if kind == 'sigmoid_xent':
-    return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels), -1))
-  raise ValueError(f'unknown loss {kind!r}; expected one of {LOSSES}.')
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a checkpoint holds besides the input position.
-
-  `nonfinite_step` is -1 until a loss or gradient norm first turns NaN/Inf
-  and the update is not skipped; `nonfinite_values` are the loss and
-  gradient norm at that step; `skipped_updates` counts the updates skipped
-  under `config.skip_nonfinite_updates`."""
-  params: Any
-  opt_state: Any
-  step: jax.Array
-  rng: jax.Array  # raw key data, so checkpoints hold plain integers
-  nonfinite_step: jax.Array
-  nonfinite_values: jax.Array
-  skipped_updates: jax.Array
-
-  @classmethod
-  def create(cls, params, tx: optax.GradientTransformation,
-             rng: jax.Array) -> 'TrainState':
-    return cls(params=params, opt_state=tx.init(params),
-               step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(rng),
-               nonfinite_step=jnp.full((), -1, jnp.int32),
-               nonfinite_values=jnp.zeros((2,), jnp.float32),
-               skipped_updates=jnp.zeros((), jnp.int32))
-
-
-@dataclasses.dataclass
-class TrainSetup:
-  """Everything derived from a config before any array is allocated."""
-  config: ml_collections.ConfigDict
-  mesh: jax.sharding.Mesh
-  model: nn.Module
-  tx: optax.GradientTransformation
-  schedule: Callable[[jax.Array], jax.Array]
-  state_shapes: TrainState
-  state_shardings: TrainState
-
-  @property
-  def abstract_state(self) -> TrainState:
-    return abstract_with_shardings(self.state_shapes, self.state_shardings)
-
-
-def make_setup(config: ml_collections.ConfigDict,
-               mesh: jax.sharding.Mesh | None = None) -> TrainSetup:
-  # Entry points fill (and log) the derived values earlier; this covers
-  # direct callers (benchmark, AOT) of configs that leave them at None.
-  derived_config.fill(config, log=lambda _: None)
-  mesh = mesh or sharding.make_mesh(config.mesh)
-  # The entry points have checked already; direct callers get the same
-  # one-line errors (batch vs data parallelism, image vs patch size, ...).
-  config_checks.check_config(config, mesh.size)
-  model = build_model(config.model, config.num_classes)
-  schedule = optim.make_schedule(
-      total_steps=config.total_steps, **config.schedule)
-  tx = optim.make_optimizer(config.optimizer, schedule)
-  image_shape = (1, config.image_size, config.image_size, 3)
-  boxed = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros(image_shape))['params'])
-  param_shardings = sharding.logical_shardings(
-      mesh, nn.get_partition_spec(boxed), rules_of(config))
-  shapes = jax.eval_shape(lambda: TrainState.create(
-      nn.unbox(boxed), tx, jax.random.key(0)))
-  replicated = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
-  shardings = replicated.replace(
-      params=param_shardings,
-      opt_state=sharding.optimizer_state_shardings(
-          tx, shapes.opt_state, param_shardings, mesh))
-  return TrainSetup(config, mesh, model, tx, schedule, shapes, shardings)
-
-
-def init_state(setup: TrainSetup, seed: int,
-               pretrained: dict[str, np.ndarray] | None = None) -> TrainState:
-  """A fresh state, created directly in its shardings. `pretrained` (flat
-  'a/b/c' names -> host arrays, e.g. from vit_jax.formats.transfer) replaces those
-  parameters; the optimizer state is then initialized from the result."""
-  config, model = setup.config, setup.model
-
-  def init(seed):
-    init_rng, train_rng = jax.random.split(jax.random.key(seed))
-    images = jnp.zeros((1, config.image_size, config.image_size, 3))
-    params = nn.unbox(model.init(init_rng, images)['params'])
-    return TrainState.create(params, setup.tx, train_rng)
-
-  state = jax.jit(init, out_shardings=setup.state_shardings)(seed)
-  if not pretrained:
-    return state
-  flat = flatten_params(state.params)
-  for key, value in pretrained.items():
-    # Every process holds the whole array and contributes its shards.
-    flat[key] = jax.make_array_from_callback(
-        value.shape, flat[key].sharding, lambda index, value=value: value[index])
-  with_optimizer = jax.jit(
-      lambda params, state: state.replace(
-          params=params, opt_state=setup.tx.init(params)),
-      out_shardings=setup.state_shardings, donate_argnums=(1,))
-  return with_optimizer(unflatten_params(flat), state)
-
-
-def make_train_step(setup: TrainSetup) -> Callable[[TrainState, dict], tuple]:
-  config, model, tx = setup.config, setup.model, setup.tx
-  rules = rules_of(config)
-  accum = config.accum_steps
-  max_skips = config.get('skip_nonfinite_updates', 0)
-
-  def loss_fn(params, images, labels, rng):
-    logits = model.apply({'params': params}, images, train=True,
-                         rngs={'dropout': rng})
-    return classification_loss(logits, labels, kind=config.loss,
-                               label_smoothing=config.label_smoothing)
-
-  grad_fn = jax.value_and_grad(loss_fn)
-
-  def train_step(state, batch):
-    with sharding.logical_constraints(setup.mesh, rules):
-      step = state.step
-      rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
-      params = state.params
-      if accum == 1:
-        loss, grads = grad_fn(params, batch['images'], batch['labels'], rng)
-      else:
-        # Micro-batch i takes examples i, i+k, ...: every micro-batch stays
-        # spread over all data-parallel devices.
-        def split(x):
-          x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:])
-          return jnp.swapaxes(x, 0, 1)
-        micro = jax.tree.map(split, (batch['images'], batch['labels']))
-
-        def accumulate(carry, inputs):
-          index, (images, labels) = inputs
-          loss, grads = grad_fn(params, images, labels,
-                                jax.random.fold_in(rng, index))
-          return jax.tree.map(jnp.add, carry, (loss, grads)), None
-        zeros = (jnp.zeros((), jnp.float32),
-                 jax.tree.map(jnp.zeros_like, params))
-        (loss, grads), _ = jax.lax.scan(
-            accumulate, zeros, (jnp.arange(accum), micro))
-        loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
-      grad_norm = _global_norm(grads)
-      updates, opt_state = tx.update(grads, state.opt_state, params)
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-      # Up to `skip_nonfinite_updates` bad steps leave params and optimizer
-      # state as they were; the next one stops the run.
-      new_params = optax.apply_updates(params, updates)
-      if max_skips:
-        skip = ~finite & (state.skipped_updates < max_skips)
-        keep_old = lambda new, old: jnp.where(skip, old, new)
-        new_params = jax.tree.map(keep_old, new_params, params)
-        opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)
-      else:
-        # No select over the whole state on the hot path when nothing may
-        # be skipped.
-        skip = jnp.zeros((), bool)
-      first_bad = (state.nonfinite_step < 0) & ~finite & ~skip
-      new_state = state.replace(
-          params=new_params, opt_state=opt_state, step=step + 1,
-          nonfinite_step=jnp.where(first_bad, step, state.nonfinite_step),
-          nonfinite_values=jnp.where(first_bad, jnp.stack([loss, grad_norm]),
-                                     state.nonfinite_values),
-          skipped_updates=state.skipped_updates + skip.astype(jnp.int32))
-      metrics = dict(loss=loss, grad_norm=grad_norm,
-                     learning_rate=setup.schedule(step),
-                     skipped_updates=new_state.skipped_updates,
-                     nonfinite_step=new_state.nonfinite_step)
-      return new_state, metrics
-
-  batch_sharding = sharding.batch_sharding(setup.mesh)
-  return jax.jit(
-      train_step, donate_argnums=(0,),
-      in_shardings=(setup.state_shardings, batch_sharding),
-      out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)))
 
 
 def _check_finite(state: TrainState) -> None:

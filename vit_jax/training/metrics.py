@@ -131,14 +131,19 @@ class Throughput:
     self._last = (step, time.perf_counter())
 
 
+# Evaluator scalars that stay in the logs but off the console.
+DETAIL_SUFFIXES = ('_examples', '_std')
+TRAIN_KEYS = ('loss', 'grad_norm', 'learning_rate', 'img_per_sec',
+              'img_per_sec_per_device', 'mfu', 'eta_hours')
+
+
 def progress_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
+  """The train scalars, then every evaluator's (keys 'prefix/name')
+  except their details, then skipped images if any."""
   parts = [f'step {step}/{total}']
-  keys = ['loss', 'grad_norm', 'learning_rate', 'img_per_sec',
-          'img_per_sec_per_device', 'mfu', 'eta_hours']
-  keys += sorted(k for k in scalars
-                 if k.startswith('eval/') and not k.endswith('_examples'))
-  keys += sorted(k for k in scalars
-                 if k.startswith('fewshot/') and not k.endswith('_std'))
+  keys = list(TRAIN_KEYS)
+  keys += sorted(k for k in scalars if '/' in k and not k.startswith('data/')
+                 and not k.endswith(DETAIL_SUFFIXES))
   if scalars.get('data/skipped_images'):
     keys.append('data/skipped_images')
   for key in keys:

@@ -1,0 +1,125 @@
+"""The train state and everything a run derives from its config before any
+array is allocated.
+
+The state is one `TrainState` (a pytree); its shapes, shardings and fresh
+value all come from that one definition, and it is created directly in its
+shardings.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vit_jax.config import checks as config_checks
+from vit_jax.config import derived as derived_config
+from vit_jax.formats.npz import flatten_params, unflatten_params
+from vit_jax.models import build_model
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training.checkpointer import abstract_with_shardings
+from vit_jax.training.sharding import rules_of
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint holds besides the input position.
+
+  `nonfinite_step` is -1 until a loss or gradient norm first turns NaN/Inf
+  and the update is not skipped; `nonfinite_values` are the loss and
+  gradient norm at that step; `skipped_updates` counts the updates skipped
+  under `config.skip_nonfinite_updates`."""
+  params: Any
+  opt_state: Any
+  step: jax.Array
+  rng: jax.Array  # raw key data, so checkpoints hold plain integers
+  nonfinite_step: jax.Array
+  nonfinite_values: jax.Array
+  skipped_updates: jax.Array
+
+  @classmethod
+  def create(cls, params, tx: optax.GradientTransformation,
+             rng: jax.Array) -> 'TrainState':
+    return cls(params=params, opt_state=tx.init(params),
+               step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(rng),
+               nonfinite_step=jnp.full((), -1, jnp.int32),
+               nonfinite_values=jnp.zeros((2,), jnp.float32),
+               skipped_updates=jnp.zeros((), jnp.int32))
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  """Everything derived from a config before any array is allocated."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: Callable[[jax.Array], jax.Array]
+  state_shapes: TrainState
+  state_shardings: TrainState
+
+  @property
+  def abstract_state(self) -> TrainState:
+    return abstract_with_shardings(self.state_shapes, self.state_shardings)
+
+
+def make_setup(config: ml_collections.ConfigDict,
+               mesh: jax.sharding.Mesh | None = None) -> TrainSetup:
+  # Entry points fill (and log) the derived values earlier; this covers
+  # direct callers (benchmark, AOT) of configs that leave them at None.
+  derived_config.fill(config, log=lambda _: None)
+  mesh = mesh or sharding.make_mesh(config.mesh)
+  # The entry points have checked already; direct callers get the same
+  # one-line errors (batch vs data parallelism, image vs patch size, ...).
+  config_checks.check_config(config, mesh.size)
+  model = build_model(config.model, config.num_classes)
+  schedule = optim.make_schedule(
+      total_steps=config.total_steps, **config.schedule)
+  tx = optim.make_optimizer(config.optimizer, schedule)
+  image_shape = (1, config.image_size, config.image_size, 3)
+  boxed = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros(image_shape))['params'])
+  param_shardings = sharding.logical_shardings(
+      mesh, nn.get_partition_spec(boxed), rules_of(config))
+  shapes = jax.eval_shape(lambda: TrainState.create(
+      nn.unbox(boxed), tx, jax.random.key(0)))
+  replicated = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  shardings = replicated.replace(
+      params=param_shardings,
+      opt_state=sharding.optimizer_state_shardings(
+          tx, shapes.opt_state, param_shardings, mesh))
+  return TrainSetup(config, mesh, model, tx, schedule, shapes, shardings)
+
+
+def init_state(setup: TrainSetup, seed: int,
+               pretrained: dict[str, np.ndarray] | None = None) -> TrainState:
+  """A fresh state, created directly in its shardings. `pretrained` (flat
+  'a/b/c' names -> host arrays, e.g. from vit_jax.formats.transfer) replaces those
+  parameters; the optimizer state is then initialized from the result."""
+  config, model = setup.config, setup.model
+
+  def init(seed):
+    init_rng, train_rng = jax.random.split(jax.random.key(seed))
+    images = jnp.zeros((1, config.image_size, config.image_size, 3))
+    params = nn.unbox(model.init(init_rng, images)['params'])
+    return TrainState.create(params, setup.tx, train_rng)
+
+  state = jax.jit(init, out_shardings=setup.state_shardings)(seed)
+  if not pretrained:
+    return state
+  flat = flatten_params(state.params)
+  for key, value in pretrained.items():
+    # Every process holds the whole array and contributes its shards.
+    flat[key] = jax.make_array_from_callback(
+        value.shape, flat[key].sharding, lambda index, value=value: value[index])
+  with_optimizer = jax.jit(
+      lambda params, state: state.replace(
+          params=params, opt_state=setup.tx.init(params)),
+      out_shardings=setup.state_shardings, donate_argnums=(1,))
+  return with_optimizer(unflatten_params(flat), state)
