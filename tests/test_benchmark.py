@@ -5,9 +5,9 @@ import time
 import types
 
 from conftest import finish, run_module, run_python, start_processes, tiny_config
+from vit_jax.models import flops
 from vit_jax.tools import benchmark
 from vit_jax.tools import step_profile
-from vit_jax.training import metrics
 
 
 class _SlowStep:
@@ -49,7 +49,7 @@ def test_benchmark_times_every_measured_step_and_not_the_warmup(monkeypatch):
   # takes far less than the 0.2 s margin above it).
   assert 0.2 <= result['step_seconds_min'] <= result['step_seconds_median'] < 0.4
   assert result['images_per_second'] == 16 / result['step_seconds_median']
-  analytic = 3 * metrics.vit_forward_flops(config.model, 16, 10) * 16 / 1e12
+  analytic = flops.train_flops(config.model, 16, 10) * 16 / 1e12
   assert abs(result['analytic_tflops_per_step'] - analytic) < 1e-12
   # The compiler's count agrees with the analytic one within 15% even for
   # this tiny model (norms, softmax and the optimizer are not in it).

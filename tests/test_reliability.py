@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from conftest import (env_with_devices, read_until_step, run_python, run_tiny,
+from conftest import (read_until_step, run_tiny,
                       run_tiny_process, start_tiny, start_two_processes,
                       tiny_config)
 from vit_jax.data.synthetic import BatchIterator, SyntheticSource

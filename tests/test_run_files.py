@@ -80,7 +80,7 @@ def test_a_full_event_file_continues_in_a_new_one(tmp_path, monkeypatch):
 
 def test_remote_files_are_rewritten_whole_at_most_every_interval(tmp_path, monkeypatch):
   written = []
-  monkeypatch.setattr(run_files, 'is_remote', lambda path: True)
+  monkeypatch.setattr(run_files, "is_remote", lambda path: True)
   growing = run_files.GrowingFile(tmp_path / 'log', flush_seconds=3600)
   monkeypatch.setattr(type(growing.path), 'write_bytes',
                       lambda self, data: written.append(data))

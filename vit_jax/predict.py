@@ -45,7 +45,7 @@ from vit_jax.formats import transfer
 from vit_jax.models import attention_maps
 from vit_jax.models import build_model
 from vit_jax.models.variants import get_model_config
-from vit_jax.models.vit import num_prefix_tokens
+from vit_jax.models.vit import prefix_tokens
 from vit_jax.runtime.user_errors import UserError
 
 _MODEL = flags.DEFINE_string(
@@ -132,7 +132,7 @@ def load_model(spec: str, config=None) -> LoadedModel:
   params = checkpoints.fit_params(flat, abstract, source=repr(path),
                                   log=logging.info)
   if not labels or len(labels) != num_classes:
-    labels = [str(i) for i in range(num_classes)]
+    labels = run_record.default_labels(num_classes)
   return LoadedModel(config, params, labels, path)
 
 
@@ -229,7 +229,7 @@ def predict(loaded: LoadedModel, paths: list[str], *, k: int = 5,
   devices = np.array(jax.local_devices())
   mesh = Mesh(devices, ('data',))
   batch_size = -(-batch_size // devices.size) * devices.size
-  prefix = num_prefix_tokens(config.model.get('classifier', 'token'))
+  prefix = prefix_tokens(config.model)
   forward = make_forward(model, mesh, attention_dir is not None, prefix)
   params = jax.device_put(loaded.params, NamedSharding(mesh, P()))
   preprocess = make_preprocess(config)

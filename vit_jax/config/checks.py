@@ -19,7 +19,6 @@ from vit_jax.training import losses, optim
 from vit_jax.training.sharding import resolve_mesh_shape
 
 DTYPES = ('float32', 'bfloat16', 'float16')
-ATTENTION_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
 
 
 def _is_int(value: Any) -> bool:
@@ -76,12 +75,10 @@ def check_model(model_config, image_size: int) -> None:
   if len(patch) != 2 or not all(_is_int(p) and p >= 1 for p in patch):
     raise ConfigError(f'config.model.patch_size={patch!r}: expected two whole '
                       f'numbers >= 1, e.g. --config.model.patch_size="(16, 16)".')
-  _one_of('model.classifier', model_config.classifier, vit.CLASSIFIERS)
-  _one_of('model.posemb', model_config.posemb, vit.POSEMB_TYPES)
-  _one_of('model.remat_policy', model_config.remat_policy, vit.REMAT_POLICIES)
+  bad = vit.bad_option(model_config)
+  if bad:
+    _one_of(f'model.{bad[0]}', bad[1], bad[2])
   _one_of('model.dtype', model_config.dtype, DTYPES)
-  _one_of('model.attention_implementation',
-          model_config.get('attention_implementation'), ATTENTION_IMPLEMENTATIONS)
   for key in ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth'):
     _number(f'model.{key}', model_config[key], low=0., high=1., high_open=True)
   stages = model_config.get('resnet_layers')

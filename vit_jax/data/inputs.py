@@ -4,7 +4,6 @@ TensorFlow is imported only for real datasets: the synthetic source (and so
 the benchmark and the trainer's tests) runs without it.
 """
 
-import logging
 from typing import Any, Callable, Iterator, Protocol
 
 import jax

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from vit_jax.formats import run_record
 from vit_jax.runtime.user_errors import UserError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
@@ -98,7 +99,7 @@ class ArraySource:
     self.images, self.labels = images, labels
     self.splits, self.num_classes, self.name = splits, num_classes, name
     self.split_names = sorted(splits)
-    self.class_names = [str(i) for i in range(num_classes)]
+    self.class_names = run_record.default_labels(num_classes)
 
   def _indices(self, split: str) -> np.ndarray:
     name, start, end = slice_split(split, self.splits,

@@ -12,6 +12,7 @@ import flax.linen as nn
 import numpy as np
 
 from vit_jax.formats import npz as checkpoints
+from vit_jax.formats import run_record
 from vit_jax.models.posemb import sincos2d_posemb
 from vit_jax.models.vit import LAYER_NORM_EPS
 from vit_jax.runtime.user_errors import UserError
@@ -135,7 +136,7 @@ def save_hf(params: Params, model_config, out_dir: str,
   from safetensors.numpy import save as safetensors_bytes  # pylint: disable=g-import-not-at-top
   tensors, size = hf_state_dict(params, model_config, image_size)
   num_classes = tensors['classifier.bias'].shape[0]
-  labels = list(labels) if labels else [str(i) for i in range(num_classes)]
+  labels = list(labels) if labels else run_record.default_labels(num_classes)
   if len(labels) != num_classes:
     raise ValueError(f'{len(labels)} labels for a head of {num_classes} classes.')
   patch = tuple(model_config.patch_size)

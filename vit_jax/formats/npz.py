@@ -25,7 +25,6 @@ Paths may be local or any filesystem etils.epath reads (gs:// included).
 import io
 import logging
 import math
-import os
 import re
 from typing import Any, Callable, Mapping
 
@@ -65,12 +64,6 @@ class CheckpointNotFoundError(UserError, FileNotFoundError):
 
 class CheckpointReadError(UserError, ValueError):
   """A checkpoint file that exists (or may) but cannot be read."""
-
-
-def absolute_path(path: str) -> str:
-  """A local path made absolute (orbax reads and writes arrays only under
-  absolute paths); remote paths (gs://...) as they are."""
-  return path if '://' in path else os.path.abspath(path)
 
 
 def flatten_params(tree: Mapping[str, Any], prefix: str = '') -> FlatParams:

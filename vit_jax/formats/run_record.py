@@ -14,12 +14,18 @@ CONFIG_FILE = 'config.json'
 LABELS_FILE = 'labels.txt'
 
 
+def default_labels(num_classes: int) -> list[str]:
+  """The class names of data that has none: '0'..'N-1'."""
+  return [str(i) for i in range(num_classes)]
+
+
 def class_names(source, num_classes: int) -> list[str]:
-  """The data's class names (TFDS label names, folder names), or '0'..'N-1'
-  where the data has none (or not as many as the config's classes)."""
+  """The data's class names (TFDS label names, folder names), or the
+  default labels where the data has none (or not as many as the config's
+  classes)."""
   names = list(getattr(source, 'class_names', None) or [])
   if len(names) != num_classes:
-    return [str(i) for i in range(num_classes)]
+    return default_labels(num_classes)
   return names
 
 

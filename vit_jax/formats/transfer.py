@@ -24,6 +24,7 @@ import scipy.ndimage
 from vit_jax.formats import npz as checkpoints
 from vit_jax.models import vit
 from vit_jax.models.variants import canonical_name
+from vit_jax.runtime.paths import absolute_path
 
 Params = Any
 POSEMB = checkpoints.POSEMB
@@ -106,7 +107,7 @@ def read_orbax_params(directory: str, step: int | None = None) -> checkpoints.Fl
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top
-  root = epath.Path(checkpoints.absolute_path(directory))
+  root = epath.Path(absolute_path(directory))
   try:
     if (root / 'checkpoints').is_dir():
       root = root / 'checkpoints'
@@ -247,5 +248,5 @@ def load_pretrained(init_from: str, reference_params: Params, model_config,
   return fit_pretrained(
       flat, reference_params, source=source,
       stacked=bool(model_config.get('scan')),
-      num_prefix_tokens=vit.num_prefix_tokens(model_config.classifier),
+      num_prefix_tokens=vit.prefix_tokens(model_config),
       dont_load=dont_load, posemb_order=posemb_order, log=log)

@@ -10,7 +10,7 @@ that are no-ops outside a mesh.
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models import resnet
-from vit_jax.models.attention import MultiHeadDotProductAttention
+from vit_jax.models.attention import (ATTENTION_IMPLEMENTATIONS,
+                                      MultiHeadDotProductAttention)
 from vit_jax.models.posemb import AddPositionEmbs, sincos2d_posemb
 
 Dtype = Any
@@ -26,14 +27,36 @@ Dtype = Any
 CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
 # Classifiers whose model prepends a learned class token to the patches.
 CLASS_TOKEN_CLASSIFIERS = ('token', 'token_unpooled')
-
-
-def num_prefix_tokens(classifier: str) -> int:
-  """Tokens before the patch grid: 1 (the class token) or 0."""
-  return 1 if classifier in CLASS_TOKEN_CLASSIFIERS else 0
 POSEMB_TYPES = ('learn', 'sincos2d')
 REMAT_POLICIES = ('none', 'full', 'dots_saveable',
                   'dots_with_no_batch_dims_saveable', 'nothing_saveable')
+# The options that take one of a fixed set of values, checked once here for
+# the model and for the config checks.
+OPTION_CHOICES = {
+    'classifier': CLASSIFIERS,
+    'posemb': POSEMB_TYPES,
+    'remat_policy': REMAT_POLICIES,
+    'attention_implementation': ATTENTION_IMPLEMENTATIONS,
+}
+
+
+def prefix_tokens(options: Mapping[str, Any] | 'ViTOptions') -> int:
+  """Tokens before the patch grid in the sequence and in the position
+  embedding (the class token, or none), for a model config or ViTOptions.
+  Everything that slices the sequence (FLOPs, posemb transfer, attention
+  maps) asks here."""
+  classifier = (options.get('classifier', 'token') if isinstance(options, Mapping)
+                else options.classifier)
+  return 1 if classifier in CLASS_TOKEN_CLASSIFIERS else 0
+
+
+def bad_option(options: Mapping[str, Any]) -> tuple[str, Any, tuple] | None:
+  """(key, value, choices) of the first option outside its choices."""
+  for key, choices in OPTION_CHOICES.items():
+    value = options.get(key, choices[0])
+    if value not in choices:
+      return key, value, choices
+  return None
 
 LAYER_NORM_EPS = 1e-6
 
@@ -72,15 +95,10 @@ class ViTOptions:
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    if self.classifier not in CLASSIFIERS:
-      raise ValueError(f'unknown classifier {self.classifier!r}; expected one '
-                       f'of {CLASSIFIERS}.')
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f'unknown remat_policy {self.remat_policy!r}; expected '
-                       f'one of {REMAT_POLICIES}.')
-    if self.posemb not in POSEMB_TYPES:
-      raise ValueError(
-          f'unknown posemb {self.posemb!r}; expected one of {POSEMB_TYPES}.')
+    bad = bad_option(dataclasses.asdict(self))
+    if bad:
+      raise ValueError(f'unknown {bad[0]} {bad[1]!r}; expected one of '
+                       f'{bad[2]}.')
 
 
 def _layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
@@ -309,7 +327,7 @@ class VisionTransformer(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     o = self.options
     x, grid = self._patchify(images)
-    prefix = num_prefix_tokens(o.classifier)
+    prefix = prefix_tokens(o)
     if prefix:
       cls = self.param('cls', _logical(nn.initializers.zeros,
                                        (None, None, 'embed')),

@@ -17,33 +17,24 @@ import os
 import sys
 
 from absl import flags
-
 # Importing JAX does not start a backend yet, so cpu-N can still set the
 # host device count below.
+import jax
+import jax.numpy as jnp
+
 from vit_jax import app
+from vit_jax.models import flops as flops_lib
+from vit_jax.runtime import devices as devices_lib
+from vit_jax.training import sharding
+from vit_jax.training.state import make_setup
+from vit_jax.training.step import make_train_step
 
 _TOPOLOGY = flags.DEFINE_string(
     'topology', None, 'TPU topology (v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8) '
     'or cpu-N.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
 
-GIB = 2**30
-# HBM bandwidth per device (bytes/s), for the roofline bound.
-HBM_BANDWIDTH = {
-    'TPU v6 lite': 1640e9,
-    'TPU v5 lite': 819e9,
-    'TPU v5': 2765e9,
-    'TPU v4': 1228e9,
-    'TPU v3': 450e9,
-}
-# Per-device memory by device kind (the prefix of `device_kind`).
-HBM_BYTES = {
-    'TPU v6 lite': 32 * GIB,
-    'TPU v5 lite': 16 * GIB,
-    'TPU v5': 95 * GIB,  # v5p
-    'TPU v4': 32 * GIB,
-    'TPU v3': 16 * GIB,  # per core
-}
+GIB = devices_lib.GIB
 
 
 def topology_devices(name: str):
@@ -70,22 +61,8 @@ def topology_devices(name: str):
         f'v4:2x2x2, v5e:4x4, v5p:4x4x4 or v6e:8x8.') from None
 
 
-def _by_kind(table: dict, kind: str):
-  for prefix, value in table.items():
-    if kind.startswith(prefix):
-      return value
-  return None
-
-
 def compile_report(config, devices) -> dict:
   """Compiles the train step of `config` for `devices`; returns figures."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  import jax.numpy as jnp
-  from vit_jax.training import metrics
-  from vit_jax.training import sharding
-  from vit_jax.training.state import make_setup
-  from vit_jax.training.step import make_train_step
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   setup = make_setup(config, mesh)
   step = make_train_step(setup)
@@ -105,18 +82,19 @@ def compile_report(config, devices) -> dict:
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
            - memory.alias_size_in_bytes + memory.temp_size_in_bytes
            + memory.generated_code_size_in_bytes)
-  hbm = _by_kind(HBM_BYTES, kind)
-  analytic = 3 * metrics.vit_forward_flops(
+  spec = devices_lib.spec_of(kind)
+  hbm = spec.memory_bytes if spec else None
+  analytic = flops_lib.train_flops(
       config.model, size, config.num_classes) * config.batch_size / chips
   seconds = cost.get('optimal_seconds')
   if seconds is not None and seconds <= 0:
     seconds = None  # libtpu's estimate can come back negative: unusable
-  peak = metrics.peak_flops_per_device(devices[0])
+  peak = spec.peak_flops if spec else None
   # Roofline: the step takes at least its FLOPs at peak and its HBM traffic
   # at full bandwidth. Under nn.scan the compiler counts the layer body once,
   # so only unrolled models give a whole-step figure.
   flops, traffic = cost.get('flops'), cost.get('bytes accessed')
-  bandwidth = _by_kind(HBM_BANDWIDTH, kind)
+  bandwidth = spec.bandwidth if spec else None
   roofline = None
   if flops and traffic and peak and bandwidth and not config.model.get('scan'):
     roofline = max(flops / peak, traffic / bandwidth)

@@ -24,11 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import app
+from vit_jax.models import flops
+from vit_jax.runtime import devices as devices_lib
 from vit_jax.tools import step_profile
+from vit_jax.training import sharding
 from vit_jax.training.state import init_state, make_setup
 from vit_jax.training.step import make_train_step
-from vit_jax.training import metrics
-from vit_jax.training import sharding
 
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps after compiling.')
@@ -108,9 +109,10 @@ def benchmark(config, steps: int, warmup: int, profile_steps: int = 0) -> dict:
              if profile_steps else None)
   step_seconds = float(np.median(times))
   devices = mesh.size
-  analytic = 3 * metrics.vit_forward_flops(config.model, size,
-                                           config.num_classes) * config.batch_size
-  peak = metrics.peak_flops_per_device()
+  analytic = flops.train_flops(config.model, size,
+                               config.num_classes) * config.batch_size
+  spec = devices_lib.spec_of(jax.devices()[0].device_kind)
+  peak = spec.peak_flops if spec else None
   memory = jax.local_devices()[0].memory_stats() or {}
   return dict(
       model=config.model.name, batch_size=config.batch_size, image_size=size,

@@ -15,8 +15,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from vit_jax.formats.npz import absolute_path
 from vit_jax.runtime import coordination
+from vit_jax.runtime.paths import absolute_path
 from vit_jax.runtime.user_errors import UserError
 
 

@@ -12,11 +12,9 @@ import time
 
 from etils import epath
 
+from vit_jax.runtime.paths import is_remote
+
 REMOTE_FLUSH_SECONDS = 30.0
-
-
-def is_remote(path) -> bool:
-  return '://' in str(path)
 
 
 class GrowingFile:

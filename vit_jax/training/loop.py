@@ -10,6 +10,7 @@ import jax
 import ml_collections
 
 from vit_jax.data.inputs import TrainInput
+from vit_jax.models import flops
 from vit_jax.runtime.preemption import Preempted, PreemptionWatcher
 from vit_jax.runtime.user_errors import ConfigError
 from vit_jax.training import metrics as metrics_lib
@@ -97,7 +98,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
   writer = metrics_lib.MetricWriter(workdir)
   throughput = metrics_lib.Throughput(
       batch_size=config.batch_size,
-      train_flops_per_image=3 * metrics_lib.vit_forward_flops(
+      train_flops_per_image=flops.train_flops(
           config.model, config.image_size, config.num_classes),
       total_steps=config.total_steps, num_devices=setup.mesh.size)
   history = []

@@ -6,74 +6,13 @@ Only process 0 writes.
 import json
 import math
 import time
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 
-from vit_jax.models.vit import num_prefix_tokens
+from vit_jax.runtime import devices
 from vit_jax.training import event_files as tensorboard_events
 from vit_jax.training import growing_files as run_files
-
-# Dense bf16 peak FLOP/s per device, by `device_kind` prefix.
-PEAK_FLOPS = {
-    'NVIDIA H200': 989e12,
-    'NVIDIA H100': 989e12,
-    'NVIDIA A100': 312e12,
-    'TPU v6': 918e12,
-    'TPU v5p': 459e12,
-    'TPU v5 lite': 197e12,
-    'TPU v5e': 197e12,
-    'TPU v5': 459e12,  # v5p reports its kind as 'TPU v5'
-    'TPU v4': 275e12,
-    'TPU v3': 61.5e12,  # per core; a v3 chip is two devices
-}
-
-
-def peak_flops_per_device(device: Any = None) -> float | None:
-  kind = (device or jax.devices()[0]).device_kind
-  for prefix, flops in PEAK_FLOPS.items():
-    if kind.startswith(prefix):
-      return flops
-  return None
-
-
-def vit_forward_flops(model_config: Mapping[str, Any], image_size: int,
-                      num_classes: int) -> float:
-  """Analytic forward FLOPs per image (2 x multiply-adds) of the matmuls and
-  convolutions; ViT-B/16 at 224 px with 1000 classes gives 35.1 GFLOPs."""
-  macs = 0.
-  size, channels = image_size, 3
-  if model_config.get('resnet_layers') is not None:
-    width = int(64 * model_config.get('resnet_width_factor', 1.0))
-    size //= 2
-    macs += size * size * 49 * 3 * width
-    size //= 2
-    channels = width
-    for stage, units in enumerate(model_config['resnet_layers']):
-      features = width * 2**stage
-      for unit in range(units):
-        in_size = size
-        if stage > 0 and unit == 0:
-          size //= 2
-        macs += in_size * in_size * channels * features          # conv1
-        macs += size * size * 9 * features * features            # conv2
-        macs += size * size * features * features * 4            # conv3
-        if unit == 0:
-          macs += size * size * channels * features * 4          # conv_proj
-        channels = features * 4
-  patch_h, patch_w = model_config['patch_size']
-  hidden, mlp = model_config['hidden_size'], model_config['mlp_dim']
-  grid = (size // patch_h) * (size // patch_w)
-  macs += grid * patch_h * patch_w * channels * hidden
-  tokens = grid + num_prefix_tokens(model_config.get('classifier', 'token'))
-  per_layer = 4 * tokens * hidden**2 + 2 * tokens**2 * hidden + 2 * tokens * hidden * mlp
-  macs += model_config['num_layers'] * per_layer
-  if model_config.get('representation_size'):
-    macs += hidden * model_config['representation_size']
-    hidden = model_config['representation_size']
-  macs += hidden * (num_classes or 0)
-  return 2. * macs
-
 
 class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events in
@@ -109,7 +48,8 @@ class Throughput:
     self.flops = train_flops_per_image
     self.total_steps = total_steps
     self.num_devices = num_devices
-    self.peak = peak_flops_per_device()
+    spec = devices.spec_of(jax.devices()[0].device_kind)
+    self.peak = spec.peak_flops if spec else None
     self._last = None
 
   def update(self, step: int) -> dict[str, float]:
