@@ -438,3 +438,13 @@ def spread_hybrid_params(model, size=32):
   # Every leaf is replaced, so only the shapes of an init are needed.
   return with_spread_kernels(randomize(abstract_params(model, (1, size, size, 3)),
                                        scale=0.2))
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+  """The README's demo config, shortened to 100 steps (trained once)."""
+  return built_once(tmp_path_factory, 'demo_run', lambda workdir: run_module(
+      'vit_jax.train', '--config', 'configs/demo.py', '--workdir', workdir,
+      '--config.total_steps=100', '--config.schedule.warmup_steps=10',
+      '--config.evals.accuracy.every_steps=100', '--config.checkpoint_steps=100',
+      '--config.evals.fewshot.every_steps=0'))

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_jax.data import inputs, pipeline, sources, synthetic
+from vit_jax.data import inputs, pipeline, registry, sources, synthetic
 
 
 class TinyNumbered(tfds.core.GeneratorBasedBuilder):
@@ -112,7 +112,7 @@ def test_imagenet_real_label_lists_become_multi_hot_rows(tmp_path):
 
 def test_missing_imagenet_says_where_to_put_it(tmp_path):
   source = sources.TfdsSource('imagenet2012', str(tmp_path))
-  with pytest.raises(sources.DatasetNotFoundError) as error:
+  with pytest.raises(registry.DatasetNotFoundError) as error:
     source.read('train', 0, 1)
   message = str(error.value)
   assert f'{tmp_path}/downloads/manual/' in message
@@ -121,8 +121,8 @@ def test_missing_imagenet_says_where_to_put_it(tmp_path):
 
 
 def test_unknown_dataset_name_points_to_folders():
-  with pytest.raises(sources.DatasetNotFoundError, match='folder:/path'):
-    sources.make_source('imagenet_twentytwo_k')
+  with pytest.raises(registry.DatasetNotFoundError, match='folder:/path'):
+    registry.open_source('imagenet_twentytwo_k')
 
 
 @pytest.mark.parametrize('process_count', [2, 3])
@@ -190,16 +190,15 @@ def test_resumed_iterator_continues_with_the_next_batch():
     np.testing.assert_array_equal(batch['labels'], expected['labels'])
 
 
-def test_synthetic_batches_resume_from_this_and_the_earlier_state_key():
+def test_synthetic_batches_resume_from_their_state():
   source = synthetic.SyntheticSource(num_classes=10, image_size=8, batch_size=4)
   batches = synthetic.BatchIterator(source)
   for _ in range(3):
     next(batches)
   assert batches.get_state() == {'next_batch': 3}
-  for state in ({'next_batch': 3}, {'next_index': 3}):  # the latter: older runs
-    resumed = synthetic.BatchIterator(source)
-    resumed.set_state(state)
-    np.testing.assert_array_equal(next(resumed)['images'], source.batch(3)['images'])
+  resumed = synthetic.BatchIterator(source)
+  resumed.set_state({'next_batch': 3})
+  np.testing.assert_array_equal(next(resumed)['images'], source.batch(3)['images'])
 
 
 def test_epochs_visit_every_training_example_once(tiny_tfds):
@@ -228,7 +227,7 @@ def test_split_slices(split, expected):
 
 
 def test_unknown_split_names_the_known_ones():
-  with pytest.raises(sources.DatasetNotFoundError, match=r"\['test', 'train'\]"):
+  with pytest.raises(registry.DatasetNotFoundError, match=r"\['test', 'train'\]"):
     sources.digits_source().read('validation', 0, 1)
 
 
@@ -248,7 +247,7 @@ def _write_folder(root, corrupt=False):
 
 def test_image_folder_source(tmp_path):
   _write_folder(tmp_path)
-  source = sources.make_source(f'folder:{tmp_path}')
+  source = registry.open_source(f'folder:{tmp_path}')
   assert source.classes == ['cat', 'dog'] and source.num_classes == 2
   train = pipeline.TrainIterator(source, 'train', batch_size=6, seed=0,
                                  pp='decode_inception_crop(16)|flip_lr')
@@ -263,7 +262,7 @@ def test_image_folder_source(tmp_path):
 
 def test_corrupt_image_stops_with_its_file_name(tmp_path):
   _write_folder(tmp_path, corrupt=True)
-  source = sources.make_source(f'folder:{tmp_path}')
+  source = registry.open_source(f'folder:{tmp_path}')
   train = pipeline.TrainIterator(source, 'train', batch_size=7, seed=0,
                                  pp='decode|resize(16)')
   with pytest.raises(pipeline.CorruptImageError) as error:
@@ -274,7 +273,7 @@ def test_corrupt_image_stops_with_its_file_name(tmp_path):
 
 def test_corrupt_image_is_skipped_and_counted(tmp_path):
   _write_folder(tmp_path, corrupt=True)
-  source = sources.make_source(f'folder:{tmp_path}')
+  source = registry.open_source(f'folder:{tmp_path}')
   train = pipeline.TrainIterator(source, 'train', batch_size=6, seed=0,
                                  pp='decode|resize(16)', on_corrupt='skip')
   batches = [next(train) for _ in range(2)]  # 14 stream elements, 2 corrupt
@@ -300,7 +299,7 @@ def _labels_of(source, split):
 
 def test_held_out_slice_of_a_train_only_folder_has_every_class(tmp_path):
   _write_balanced_train_folder(tmp_path)
-  source = sources.make_source(f'folder:{tmp_path}')
+  source = registry.open_source(f'folder:{tmp_path}')
   lines = []
   train_split, eval_split = inputs.pick_eval_split(source, 'train', lines.append)
   assert (train_split, eval_split) == ('train[:-10]', 'train[-10:]')
@@ -309,7 +308,7 @@ def test_held_out_slice_of_a_train_only_folder_has_every_class(tmp_path):
   assert sorted(held_out) == list(range(10))
   assert np.bincount(trained).tolist() == [9] * 10
   # The same sample on every opening (every process, every resume).
-  again = sources.make_source(f'folder:{tmp_path}')
+  again = registry.open_source(f'folder:{tmp_path}')
   assert [k.decode() for k in again.read(eval_split, 0, 1)[0].map(
       lambda ex: ex['key']).as_numpy_iterator()] == [
           k.decode() for k in source.read(eval_split, 0, 1)[0].map(
@@ -320,5 +319,5 @@ def test_held_out_slice_of_a_train_only_folder_has_every_class(tmp_path):
 def test_folder_eval_split_names_users_have_are_taken(tmp_path, name):
   _write_balanced_train_folder(tmp_path, classes=2, per_class=2)
   os.makedirs(tmp_path / name / 'class0')
-  assert inputs.pick_eval_split(sources.make_source(f'folder:{tmp_path}'),
+  assert inputs.pick_eval_split(registry.open_source(f'folder:{tmp_path}'),
                                 'train', lambda _: None) == ('train', name)

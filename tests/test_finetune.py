@@ -280,7 +280,7 @@ def test_finetune_a_hybrid_and_its_export_reproduces_the_run_eval(tmp_path):
   the run's held-out evaluation logged."""
   import jax  # pylint: disable=g-import-not-at-top
   from conftest import abstract_params, build, hybrid_config, spread_hybrid_params  # pylint: disable=g-import-not-at-top
-  from vit_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import registry  # pylint: disable=g-import-not-at-top
   config = hybrid_config()
   source_path = str(tmp_path / 'hybrid.npz')
   checkpoints.save_npz_params(spread_hybrid_params(build(config, 1000), size=8),
@@ -311,8 +311,8 @@ def test_finetune_a_hybrid_and_its_export_reproduces_the_run_eval(tmp_path):
       abstract_params(model, (1, 16, 16, 3)))
   apply = jax.jit(model.apply)
   correct = 0
-  test = pipeline.eval_batches(sources.make_source('digits', None), 'test',
-                               pp='resize(16)', batch_size=120)
+  test = registry.open_source('digits').eval_passes('test',
+      pp='resize(16)', batch_size=120)
   for batch in test():
     keep = batch['mask'] > 0
     logits = apply({'params': params}, batch['images'][keep])

@@ -10,21 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import built_once, run_module
+from conftest import run_module
 from vit_jax import predict
 from vit_jax.data.sources import digits_source
 from vit_jax.formats import npz as checkpoints
 from vit_jax.formats import run_record
-
-
-@pytest.fixture(scope='module')
-def demo_run(tmp_path_factory):
-  """The README's demo config, shortened to 100 steps (trained once)."""
-  return built_once(tmp_path_factory, 'demo_run', lambda workdir: run_module(
-      'vit_jax.train', '--config', 'configs/demo.py', '--workdir', workdir,
-      '--config.total_steps=100', '--config.schedule.warmup_steps=10',
-      '--config.evals.accuracy.every_steps=100', '--config.checkpoint_steps=100',
-      '--config.evals.fewshot.every_steps=0'))
+from vit_jax.formats import saved_model
 
 
 @pytest.fixture(scope='module')
@@ -76,7 +67,7 @@ def test_attention_pictures_and_csv_on_four_devices(demo_run, digit_files, tmp_p
                      'index_2', 'prob_2', 'label_3', 'index_3', 'prob_3']
   assert [r[0] for r in rows[1:]] == [str(p) for p in images]
   # The same probabilities as one device, in this process.
-  expected = predict.predict(predict.load_model(str(demo_run)),
+  expected = predict.predict(saved_model.load(str(demo_run)),
                              [str(p) for p in images], k=3, log=lambda _: None)
   for row, record in zip(rows[1:], expected):
     assert row[2::3] == [e['label'] for e in record['top_k']]
@@ -92,18 +83,18 @@ def test_attention_pictures_and_csv_on_four_devices(demo_run, digit_files, tmp_p
 
 
 def test_npz_model_reads_its_labels_and_config_beside_it(demo_run, tmp_path):
-  loaded = predict.load_model(str(demo_run))
+  loaded = saved_model.load(str(demo_run))
   assert loaded.labels == [str(i) for i in range(10)]
   npz = tmp_path / 'model.npz'
   checkpoints.save_npz_params(loaded.params, str(npz))
-  with pytest.raises(predict.ModelError, match='pass --config'):
-    predict.load_model(str(npz))
-  from_npz = predict.load_model(str(npz), config=loaded.config)
+  with pytest.raises(saved_model.ModelError, match='pass --config'):
+    saved_model.load(str(npz))
+  from_npz = saved_model.load(str(npz), config=loaded.config)
   assert from_npz.labels == [str(i) for i in range(10)]  # no labels: indices
   run_record.write_labels(run_record.labels_beside(str(npz)),
                           [f'digit {i}' for i in range(10)])
   (tmp_path / 'config.json').write_text((demo_run / 'config.json').read_text())
-  from_npz = predict.load_model(str(npz))
+  from_npz = saved_model.load(str(npz))
   assert from_npz.labels[7] == 'digit 7'
   for a, b in zip(*(checkpoints.flatten_params(m.params).values()
                     for m in (loaded, from_npz))):
@@ -144,9 +135,9 @@ def test_augreg_file_names_say_the_model_resolution_and_loss(tmp_path):
   model_config.representation_size = None
   params = randomize(abstract_params(build(model_config, 100), (1, 32, 32, 3)))
   checkpoints.save_npz_params(params, str(tmp_path / name))
-  loaded = predict.load_model(str(tmp_path / name))
+  loaded = saved_model.load(str(tmp_path / name))
   assert (loaded.config.image_size, loaded.config.pp_eval, loaded.config.loss,
           len(loaded.labels)) == (32, 'decode|resize(32)', 'softmax_xent', 100)
   # The ImageNet-21k upstream files: 224 px, sigmoid-trained.
-  upstream = predict.augreg_config(name.split('--')[0] + '.npz', {})
+  upstream = saved_model.augreg_config(name.split('--')[0] + '.npz', {})
   assert (upstream.image_size, upstream.loss) == (224, 'sigmoid_xent')

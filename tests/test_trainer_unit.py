@@ -258,7 +258,8 @@ def test_evaluation_and_evaluators_run_on_their_own_steps_not_log_steps():
       return {'probe': 1.0}
   train_data = inputs.make_train_input(config)  # fills eval_batch_size
   lines = []
-  from_config = evaluators.from_config(config, None, log=lines.append)
+  from_config = evaluators.from_config(config, inputs.open_source(config),
+                                       log=lines.append)
   assert lines == ['evals.off: off (every_steps=0)']
   _, history = trainer.train(
       config, None, train_data=train_data,

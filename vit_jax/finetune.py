@@ -16,9 +16,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from vit_jax import app, train
-from vit_jax.config import checks as config_checks
-from vit_jax.formats import hf as hf_export
-from vit_jax.formats import npz as checkpoints
+from vit_jax.formats import exporters
 from vit_jax.formats import run_record
 from vit_jax.formats import transfer
 from vit_jax.runtime.user_errors import ConfigError
@@ -55,18 +53,11 @@ def export(params, config, workdir: str) -> None:
   if jax.process_index() != 0:
     return
   labels = run_record.read_labels(f'{workdir}/{run_record.LABELS_FILE}')
-  for name in config_checks.export_formats(config.export):
-    if name == 'hf':
-      path = f'{workdir}/hf'
-      hf_export.save_hf(host, config.model, path, labels=labels,
-                          image_size=config.image_size)
-      print(f'exported {path} (Hugging Face transformers ViT)')
-    else:
-      path = f'{workdir}/finetuned.npz'
-      checkpoints.save_npz_params(host, path, layout=name)
-      if labels:
-        run_record.write_labels(run_record.labels_beside(path), labels)
-      print(f'exported {path} ({name} layout)')
+  for name in exporters.names_in(config.export):
+    path = f'{workdir}/{exporters.out_name(name)}'
+    exporters.export(name, host, config.model, path, labels=labels,
+                     image_size=config.image_size)
+    print(f'exported {path} ({name})')
 
 
 def main():

@@ -22,13 +22,11 @@ import json
 import os
 import re
 import sys
-from typing import NamedTuple
 
 from absl import flags, logging
 from etils import epath
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-import ml_collections
 import numpy as np
 
 # TensorFlow only decodes and resizes here: keep its C++ log lines (one per
@@ -39,12 +37,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from vit_jax import app
 from vit_jax.data import inputs
 from vit_jax.data.sources import IMAGE_SUFFIXES
-from vit_jax.formats import npz as checkpoints
-from vit_jax.formats import run_record
-from vit_jax.formats import transfer
+from vit_jax.formats import saved_model
 from vit_jax.models import attention_maps
 from vit_jax.models import build_model
-from vit_jax.models.variants import get_model_config
 from vit_jax.models.vit import prefix_tokens
 from vit_jax.runtime.user_errors import UserError
 
@@ -60,80 +55,6 @@ _ATTENTION = flags.DEFINE_string(
     'attention', None, 'Write an attention-map PNG per image into this folder.')
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', 64, 'Images per step (rounded up to the device count).')
-
-
-class ModelError(UserError, ValueError):
-  """The model to predict with cannot be found or described."""
-
-
-class LoadedModel(NamedTuple):
-  config: ml_collections.ConfigDict  # model, image_size, pp_eval, loss
-  params: dict
-  labels: list[str]
-  description: str
-
-
-def augreg_config(path: str, flat) -> ml_collections.ConfigDict:
-  """A config for an AugReg file, from its name: the variant, the
-  resolution (`res_N`), resize-only preprocessing as in the AugReg
-  notebooks, and sigmoid probabilities for the ImageNet-21k upstream
-  files (those without a `--<dataset>` fine-tuning part)."""
-  name = path.rsplit('/', 1)[-1]
-  model = get_model_config(transfer.augreg_model_name(name))
-  pre_logits = flat.get('pre_logits/kernel')
-  model.representation_size = None if pre_logits is None else pre_logits.shape[1]
-  resolution = re.search(r'res_(\d+)', name)
-  image_size = int(resolution.group(1)) if resolution else 224
-  return ml_collections.ConfigDict(dict(
-      model=model.to_dict(), image_size=image_size,
-      pp_eval=f'decode|resize({image_size})',
-      loss='softmax_xent' if '--' in name else 'sigmoid_xent'))
-
-
-def load_model(spec: str, config=None) -> LoadedModel:
-  """The parameters, config and class names behind --model."""
-  path = transfer.augreg_path(spec)
-  if path.endswith('.npz'):
-    flat = checkpoints.read_npz(path)
-    folder = os.path.dirname(path)
-    config = (config or run_record.read_config(f'{folder}/{run_record.CONFIG_FILE}')
-              or (augreg_config(path, flat) if transfer.augreg_model_name(path)
-                  else None))
-    if config is None:
-      raise ModelError(
-          f'--model={spec!r}: no config.json beside the .npz says which model '
-          f'it is; pass --config with the config it was trained with, e.g. '
-          f'--config configs/finetune.py:model=B/16.')
-    labels = (run_record.read_labels(run_record.labels_beside(path))
-              or run_record.read_labels(f'{folder}/{run_record.LABELS_FILE}'))
-  else:
-    directory, _, step = path.partition('@')
-    config = config or run_record.read_config(
-        f'{directory}/{run_record.CONFIG_FILE}')
-    if config is None:
-      if not epath.Path(directory).exists():
-        raise ModelError(
-            f'--model={spec!r} does not exist; expected a workdir (DIR or '
-            f'DIR@STEP), an .npz file or an AugReg file name.')
-      raise ModelError(
-          f'--model={spec!r}: the workdir has no {run_record.CONFIG_FILE}; '
-          f'pass --config with the config it was trained with.')
-    flat = transfer.read_orbax_params(directory, int(step) if step else None)
-    labels = run_record.read_labels(f'{directory}/{run_record.LABELS_FILE}')
-  head = next((v for k, v in flat.items() if k.endswith('head/bias')), None)
-  if head is None:
-    raise ModelError(f'--model={spec!r} has no classification head '
-                     f'(head/bias); it cannot predict classes.')
-  num_classes = int(head.shape[0])
-  model = build_model(config.model, num_classes)
-  size = config.image_size
-  abstract = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), np.zeros((1, size, size, 3), np.float32)))['params']
-  params = checkpoints.fit_params(flat, abstract, source=repr(path),
-                                  log=logging.info)
-  if not labels or len(labels) != num_classes:
-    labels = run_record.default_labels(num_classes)
-  return LoadedModel(config, params, labels, path)
 
 
 def list_images(spec: str) -> list[str]:
@@ -220,7 +141,7 @@ def top_k(logits: np.ndarray, k: int, sigmoid: bool, labels: list[str]) -> list[
           for i in order]
 
 
-def predict(loaded: LoadedModel, paths: list[str], *, k: int = 5,
+def predict(loaded: saved_model.LoadedModel, paths: list[str], *, k: int = 5,
             batch_size: int = 64, attention_dir: str | None = None,
             log=print) -> list[dict]:
   """One record per path: {'image', 'top_k'} or {'image', 'error'}."""
@@ -307,7 +228,7 @@ def main():
                     f'.jsonl or .csv.')
   if _TOP_K.value < 1:
     raise UserError(f'--top_k={_TOP_K.value}: expected a whole number >= 1.')
-  loaded = load_model(_MODEL.value, app.CONFIG.value)
+  loaded = saved_model.load(_MODEL.value, app.CONFIG.value)
   paths = list_images(_IMAGES.value)
   print(f'{loaded.description}: {loaded.config.model.get("name", "")} at '
         f'{loaded.config.image_size}px, {len(loaded.labels)} classes; '

@@ -10,8 +10,7 @@ import math
 from typing import Any
 
 from vit_jax import evaluators
-from vit_jax.formats import hf as hf_export
-from vit_jax.formats import npz as checkpoints
+from vit_jax.formats import exporters
 from vit_jax.models import resnet, vit
 from vit_jax.models.variants import get_model_config
 from vit_jax.runtime.user_errors import ConfigError
@@ -176,20 +175,11 @@ def check_config(config, num_devices: int) -> None:
     check_export(config.export, config.model)
 
 
-EXPORT_FORMATS = (*checkpoints.LAYOUTS, 'hf')
-
-
-def export_formats(export: str) -> list[str]:
-  """'vit_jax,hf' -> ['vit_jax', 'hf']."""
-  return [name.strip() for name in export.split(',') if name.strip()]
-
-
 def check_export(export: str, model_config) -> None:
-  for name in export_formats(export):
-    _one_of('export', name, EXPORT_FORMATS)
-  if 'hf' in export_formats(export):
-    refusal = hf_export.hf_refusal(model_config)
+  for name in exporters.names_in(export):
+    _one_of('export', name, exporters.EXPORTERS)
+    refusal = exporters.refusal(name, model_config)
     if refusal:
       raise ConfigError(
-          f'config.export={export!r}: the model cannot be exported for '
-          f'transformers: {refusal}. Drop "hf" from --config.export.')
+          f'config.export={export!r}: the model cannot be exported as '
+          f'{name!r}: {refusal}. Drop {name!r} from --config.export.')

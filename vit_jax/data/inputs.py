@@ -1,18 +1,17 @@
-"""Train iterator and eval passes for a config.
+"""Train iterator and eval passes for a config, from the source its
+`dataset` names (vit_jax/data/registry.py), with the values only the data
+can tell filled in first.
 
-TensorFlow is imported only for real datasets: the synthetic source (and so
-the benchmark and the trainer's tests) runs without it.
+TensorFlow is imported only by the sources that use tf.data: synthetic
+data (and so the benchmark and the trainer's tests) runs without it.
 """
 
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
-import jax
-
-from vit_jax.data.synthetic import BatchIterator, SyntheticSource
+from vit_jax.config import derived as derived_config
+from vit_jax.data import registry
+from vit_jax.data.registry import DatasetNotFoundError, EvalPasses, Source
 from vit_jax.runtime.user_errors import ConfigError
-
-# A factory of fresh passes over an eval split (host batches with a 'mask').
-EvalPasses = Callable[[], Iterator[dict]]
 
 
 class TrainInput(Protocol):
@@ -29,13 +28,6 @@ class TrainInput(Protocol):
   def metrics(self) -> dict[str, float]: ...
 
 
-def _synthetic_source(config, batch_size: int) -> SyntheticSource:
-  return SyntheticSource(
-      batch_size=batch_size, seed=config.seed, num_classes=config.num_classes,
-      image_size=config.image_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
-
-
 def split_or_none(split: str | None) -> str | None:
   """A split setting, where 'None' typed on the command line means none."""
   return None if split in (None, '', 'None', 'none') else split
@@ -48,6 +40,7 @@ def eval_split(config) -> str | None:
 def _op_string(config, key: str, sizes: dict) -> str:
   """config.<key> with its placeholders filled in and its ops parsed, or a
   ConfigError that names the key."""
+  # The ops module imports TensorFlow, which only tf.data sources need.
   from vit_jax.data.ops import Preprocess  # pylint: disable=g-import-not-at-top
   try:
     pp = config[key].format(**sizes)
@@ -77,17 +70,10 @@ HELD_OUT_FRACTION = 0.1
 MAX_HELD_OUT = 10_000
 
 
-def open_source(config):
-  """The data source of config.dataset (None for 'synthetic')."""
-  if config.dataset == 'synthetic':
-    return None
-  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf
-  from vit_jax.data import sources
-  # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses
-  # (it would otherwise reserve GPU memory).
-  tf.config.set_visible_devices([], 'GPU')
-  return sources.make_source(config.dataset, config.data_dir)
+def open_source(config) -> Source:
+  """The data source config.dataset names."""
+  return registry.open_source(config.dataset, data_dir=config.data_dir,
+                              config=config)
 
 
 def split_size(source, split: str) -> int:
@@ -119,9 +105,8 @@ def resolve_from_data(config, source, log: Callable[[str], None] = print) -> Non
   'auto': the class count, the eval split (validation, else test, else a
   held-out slice of train) and the number of training examples. Split
   names are checked here, before anything is written."""
-  if source is None:  # synthetic: every value is in the config
+  if not source.describes_data:  # e.g. synthetic: every value is in the config
     return
-  from vit_jax.data import sources  # pylint: disable=g-import-not-at-top
   # Values a config set for another dataset than the one it now names.
   stale = config.get('defaults_dataset') not in (None, config.dataset)
   if stale:
@@ -143,8 +128,8 @@ def resolve_from_data(config, source, log: Callable[[str], None] = print) -> Non
     if split is not None:
       try:
         count = split_size(source, split)
-      except sources.DatasetNotFoundError as e:
-        raise sources.DatasetNotFoundError(f'config.{key}={split!r}: {e}') from None
+      except DatasetNotFoundError as e:
+        raise DatasetNotFoundError(f'config.{key}={split!r}: {e}') from None
       if key == 'train_split' and config.get('train_examples') != count:
         config.train_examples = count
         log(f'from the data: {count} training examples')
@@ -155,43 +140,31 @@ def make_train_input(config, source=None) -> TrainInput:
   `open_source(config)`, given by callers that have already filled the
   derived values (`resolve_from_data`, `vit_jax.config.derived.fill`, as the
   entry points do, with logging); without it they are filled here quietly."""
-  from vit_jax.config import derived as derived_config  # pylint: disable=g-import-not-at-top
-  quiet = lambda _: None  # pylint: disable=unnecessary-lambda-assignment
-  if config.dataset == 'synthetic':
-    derived_config.fill(config, quiet)
-    return BatchIterator(_synthetic_source(config, config.batch_size))
-  from vit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   if source is None:
+    quiet = lambda _: None  # pylint: disable=unnecessary-lambda-assignment
     source = open_source(config)
     resolve_from_data(config, source, quiet)
     derived_config.fill(config, quiet)
-  pp_train = op_string(config, 'pp_train')
-  if source.num_classes != config.num_classes:
+  if source.describes_data and source.num_classes != config.num_classes:
     raise ConfigError(
         f'dataset {config.dataset!r} has {source.num_classes} classes but '
         f'config.num_classes={config.num_classes}; set --config.num_classes='
         f'{source.num_classes}.')
-  return pipeline.TrainIterator(
-      source, config.train_split, pp=pp_train,
+  return source.train_input(
+      config.train_split, pp=_pp_of(config, source, 'pp_train'),
       batch_size=config.batch_size, seed=config.seed,
       shuffle_buffer=config.shuffle_buffer, cache_raw=config.cache_raw,
-      on_corrupt=config.on_corrupt, num_classes=config.num_classes,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      on_corrupt=config.on_corrupt, num_classes=config.num_classes)
 
 
 def eval_passes(config, source, split: str) -> EvalPasses:
   """Fresh passes over `split` of config.dataset through config.pp_eval
-  (`source` from `open_source`). The synthetic source has no splits: its
-  eval batches come from the far end of the training stream, unseen
-  examples of the same classes, config.eval_batches of them."""
-  if source is None:
-    evaluation = _synthetic_source(config, config.eval_batch_size)
-    first_eval = 10**9
-    return lambda: (evaluation.batch(first_eval + i)
-                    for i in range(config.eval_batches))
-  from vit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.eval_batches(
-      source, split, pp=op_string(config, 'pp_eval'),
+  (`source` from `open_source`)."""
+  return source.eval_passes(
+      split, pp=_pp_of(config, source, 'pp_eval'),
       batch_size=config.eval_batch_size, on_corrupt=config.on_corrupt,
-      cache=config.cache_eval, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      cache=config.cache_eval)
+
+
+def _pp_of(config, source, key: str) -> str | None:
+  return op_string(config, key) if source.uses_pp else None

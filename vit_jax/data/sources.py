@@ -1,27 +1,25 @@
-"""Where examples come from: TFDS, image folders, the bundled digits.
+"""The tf.data sources: TFDS, image folders, the bundled digits (opened
+through vit_jax/data/registry.py).
 
 A source reads one split for one process and returns a tf.data.Dataset of
 {'image': encoded bytes or uint8 (h, w, 3), 'label': int32 or multi-hot
 float32, 'key': string} in a fixed order, together with how many examples
 this process holds. Processes hold disjoint, contiguous parts of the split
-that together cover it (sizes differ by at most one).
-
-Dataset names in configs:
-  'digits'            the bundled real dataset (scikit-learn's 8x8 digits)
-  'folder:PATH'       PATH/<split>/<class>/<image>, local or gs://
-  'tfds_dir:PATH'     a prepared TFDS dataset directory (e.g. ImageNet-21k)
-  any other name      a TFDS dataset (optionally 'name:version')
+that together cover it (sizes differ by at most one). `TfDataSource` turns
+that into the registry's `Source` through vit_jax/data/pipeline.py.
 """
 
 import os
 import re
 
+import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from vit_jax.data import pipeline
+from vit_jax.data.registry import DatasetNotFoundError
 from vit_jax.formats import run_record
-from vit_jax.runtime.user_errors import UserError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 _TFDS_PREPARE = {
@@ -34,10 +32,6 @@ _TFDS_PREPARE = {
         'ILSVRC2012_img_val.tar in {data_dir}/downloads/manual/, then run: '
         'tfds build imagenet2012_real --data_dir={data_dir}'),
 }
-
-
-class DatasetNotFoundError(UserError, FileNotFoundError):
-  """A dataset is not where the config says; the message says what to do."""
 
 
 def process_range(total: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -91,7 +85,23 @@ def stratified_order(labels, seed: int = 0) -> np.ndarray:
   return np.lexsort((labels, position))
 
 
-class ArraySource:
+class TfDataSource:
+  """train_input / eval_passes of a source that reads tf.data datasets."""
+  describes_data = True
+  uses_pp = True
+
+  def train_input(self, split: str, **options):
+    return pipeline.TrainIterator(
+        self, split, process_index=jax.process_index(),
+        process_count=jax.process_count(), **options)
+
+  def eval_passes(self, split: str, **options):
+    return pipeline.eval_batches(
+        self, split, process_index=jax.process_index(),
+        process_count=jax.process_count(), **options)
+
+
+class ArraySource(TfDataSource):
   """In-memory uint8 images with integer labels and named index splits."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray,
@@ -137,7 +147,7 @@ def digits_source() -> ArraySource:
   return ArraySource(images, labels, splits, num_classes=10, name='digits')
 
 
-class FolderSource:
+class FolderSource(TfDataSource):
   """ROOT/<split>/<class>/<image>; classes are the sorted folder names of
   the 'train' split (or of the split itself when there is no 'train')."""
 
@@ -214,7 +224,7 @@ class FolderSource:
     return ds, len(files)
 
 
-class TfdsSource:
+class TfdsSource(TfDataSource):
   """A TFDS dataset read in file order, images left encoded."""
 
   def __init__(self, name: str, data_dir: str | None = None, *,
@@ -291,11 +301,32 @@ class TfdsSource:
                   deterministic=True), self._count(subsplit, ds)
 
 
-def make_source(dataset: str, data_dir: str | None = None, **tfds_kwargs):
-  if dataset == 'digits':
-    return digits_source()
-  if dataset.startswith('folder:'):
-    return FolderSource(dataset[len('folder:'):])
-  if dataset.startswith('tfds_dir:'):
-    return TfdsSource(dataset[len('tfds_dir:'):], from_directory=True, **tfds_kwargs)
-  return TfdsSource(dataset, data_dir, **tfds_kwargs)
+def _keep_tensorflow_on_the_host() -> None:
+  """tf.data runs on the host: keep TensorFlow off the accelerators JAX uses
+  (it would otherwise reserve GPU memory)."""
+  tf.config.set_visible_devices([], 'GPU')
+
+
+# The registry's openers (vit_jax/data/registry.py).
+def open_digits(argument: str, *, data_dir=None, config=None) -> ArraySource:
+  del argument, data_dir, config
+  _keep_tensorflow_on_the_host()
+  return digits_source()
+
+
+def open_folder(argument: str, *, data_dir=None, config=None) -> FolderSource:
+  del data_dir, config
+  _keep_tensorflow_on_the_host()
+  return FolderSource(argument)
+
+
+def open_tfds_dir(argument: str, *, data_dir=None, config=None) -> TfdsSource:
+  del data_dir, config
+  _keep_tensorflow_on_the_host()
+  return TfdsSource(argument, from_directory=True)
+
+
+def open_tfds(argument: str, *, data_dir=None, config=None) -> TfdsSource:
+  del config
+  _keep_tensorflow_on_the_host()
+  return TfdsSource(argument, data_dir)

@@ -9,6 +9,7 @@ slice of every global batch.
 
 from typing import Iterator
 
+import jax
 import numpy as np
 
 
@@ -66,8 +67,51 @@ class BatchIterator:
     return {'next_batch': self.next_batch}
 
   def set_state(self, state: dict[str, int]) -> None:
-    # Checkpoints of earlier releases name the position 'next_index'.
-    self.next_batch = int(state.get('next_batch', state.get('next_index')))
+    self.next_batch = int(state['next_batch'])
 
   def metrics(self) -> dict[str, float]:
     return {}  # generated batches: nothing is ever skipped
+
+
+# Eval batches come from this far along the stream: unseen examples of the
+# same classes.
+FIRST_EVAL_BATCH = 10**9
+
+
+class SyntheticData:
+  """The registry's `Source` for `dataset='synthetic'`: classes, image size,
+  seed and the number of eval batches are the config's."""
+  describes_data = False
+  uses_pp = False  # generated batches, already at the model's size
+  split_names = ['train', 'test']
+
+  def __init__(self, config):
+    self.config = config
+    self.num_classes = config.num_classes
+    self.class_names = None
+
+  def _source(self, batch_size: int) -> SyntheticSource:
+    config = self.config
+    return SyntheticSource(
+        batch_size=batch_size, seed=config.seed, num_classes=config.num_classes,
+        image_size=config.image_size, process_index=jax.process_index(),
+        process_count=jax.process_count())
+
+  def process_counts(self, split: str, process_count: int) -> list[int]:
+    del split
+    return [self.config.train_examples // process_count] * process_count
+
+  def train_input(self, split: str, *, batch_size: int, **unused) -> BatchIterator:
+    del split, unused  # one generated stream; no preprocessing
+    return BatchIterator(self._source(batch_size))
+
+  def eval_passes(self, split: str, *, batch_size: int, **unused):
+    del split, unused
+    evaluation = self._source(batch_size)
+    return lambda: (evaluation.batch(FIRST_EVAL_BATCH + i)
+                    for i in range(self.config.eval_batches))
+
+
+def open_synthetic(argument: str, *, data_dir=None, config=None) -> SyntheticData:
+  del argument, data_dir
+  return SyntheticData(config)

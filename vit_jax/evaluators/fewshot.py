@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from vit_jax.data import inputs, pipeline, sources
+from vit_jax.data import inputs, registry
 from vit_jax.models import build_model
 from vit_jax.training import sharding
 
@@ -122,19 +122,18 @@ class FewshotEvaluator:
     self.every_steps = fewshot_config.get('every_steps')  # in training
     self.feature_fn = make_feature_fn(model_config, mesh, rules)
     pp = fewshot_config.pp.format(image_size=image_size)
-    process = dict(process_index=jax.process_index(),
-                   process_count=jax.process_count())
     self.datasets = {}
     for name, (dataset, train_split, test_split) in fewshot_config.datasets.items():
       try:
-        source = sources.make_source(dataset, fewshot_config.get('data_dir'))
+        source = registry.open_source(dataset,
+                                      data_dir=fewshot_config.get('data_dir'))
         if test_split == 'auto':
           train_split, test_split = inputs.pick_eval_split(
               source, train_split, lambda line: log(f'few-shot {name}: {line}'))
-        passes = [pipeline.eval_batches(
-            source, split, pp=pp, batch_size=fewshot_config.batch_size,
-            cache=True, **process) for split in (train_split, test_split)]
-      except sources.DatasetNotFoundError as e:
+        passes = [source.eval_passes(
+            split, pp=pp, batch_size=fewshot_config.batch_size, cache=True)
+                  for split in (train_split, test_split)]
+      except registry.DatasetNotFoundError as e:
         log(f'few-shot: skipping {name}: {str(e).splitlines()[0]}')
         continue
       self.datasets[name] = (source.num_classes, passes)

@@ -5,7 +5,7 @@ image; images no rater labelled do not count. Logged as eval/<name>.
 
 import logging
 
-from vit_jax.data import inputs, sources
+from vit_jax.data import inputs, registry, sources
 from vit_jax.evaluators.classification import ClassificationEvaluator
 
 
@@ -16,7 +16,7 @@ def real_passes(config) -> inputs.EvalPasses | None:
   try:
     real = sources.TfdsSource('imagenet2012_real', config.data_dir,
                               label_key='real_label')
-  except sources.DatasetNotFoundError as e:
+  except registry.DatasetNotFoundError as e:
     logging.warning('skipping the ImageNet ReaL evaluation: %s', e)
     return None
   return inputs.eval_passes(config, real, 'validation')

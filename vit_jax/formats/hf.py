@@ -172,3 +172,14 @@ def save_hf(params: Params, model_config, out_dir: str,
   (directory / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
   (directory / 'preprocessor_config.json').write_text(
       json.dumps(preprocessor, indent=2) + '\n')
+
+
+# The exporter interface (vit_jax/formats/exporters.py).
+OUT_NAME = 'hf'
+refusal = hf_refusal
+
+
+def export(params: Params, model_config, out: str, *,
+           labels: list[str] | None, image_size: int, format_name: str) -> None:
+  del format_name
+  save_hf(params, model_config, out, labels=labels, image_size=image_size)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from etils import epath
 
+from vit_jax.formats import run_record
 from vit_jax.runtime.user_errors import UserError
 
 Params = Any  # nested dict of arrays
@@ -334,3 +335,17 @@ def save_npz_params(params: Params, path: str, layout: str = 'vit_jax') -> None:
   file = epath.Path(path)
   file.parent.mkdir(parents=True, exist_ok=True)
   file.write_bytes(buffer.getvalue())
+
+
+# The exporter interface (vit_jax/formats/exporters.py).
+OUT_NAME = 'finetuned.npz'
+
+
+def export(params: Params, model_config, out: str, *,
+           labels: list[str] | None, image_size: int, format_name: str) -> None:
+  """`out` in layout `format_name`, its class names beside it
+  (`run_record.labels_beside`)."""
+  del model_config, image_size  # the layout holds everything
+  save_npz_params(params, out, layout=format_name)
+  if labels:
+    run_record.write_labels(run_record.labels_beside(out), labels)
