@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# N training processes on this machine, as if they were N hosts (one per
-# GPU, or CPU processes to try a multi-host setup).
+# N processes of an entry point on this machine, as if they were N hosts
+# (one per GPU, or CPU processes to try a multi-host setup).
 #
-#   launch/local.sh [--dry-run] [--processes N] [--port P] --workdir DIR \
-#       --config configs/demo.py [-- more training flags]
+#   launch/local.sh [--dry-run] [--processes N] [--port P] [--module M] \
+#       --workdir DIR --config configs/demo.py [-- more flags]
 #
-# Process 0 coordinates on 127.0.0.1:PORT. With GPUs, process i sees only
-# GPU i. Rerunning the same command resumes from the workdir.
+# --module: vit_jax.train (default), vit_jax.finetune, vit_jax.fewshot or
+# vit_jax.benchmark. Process 0 coordinates on 127.0.0.1:PORT. With GPUs,
+# process i sees only GPU i. Rerunning the same command resumes from the
+# workdir. The interpreter is $PYTHON, else the checkout's .venv (where the
+# README's set-up installs), else python3.
 
 set -euo pipefail
 
@@ -15,7 +18,11 @@ PROCESSES=1
 PORT=12355
 WORKDIR=""
 CONFIG="configs/demo.py"
-PYTHON="${PYTHON:-python3}"
+MODULE="vit_jax.train"
+venv_python="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$venv_python" ]]; then PYTHON="$venv_python"; else PYTHON=python3; fi
+fi
 TRAIN_FLAGS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -24,11 +31,22 @@ while [[ $# -gt 0 ]]; do
     --port) PORT="$2"; shift 2 ;;
     --workdir) WORKDIR="$2"; shift 2 ;;
     --config) CONFIG="$2"; shift 2 ;;
+    --module) MODULE="$2"; shift 2 ;;
     --) shift; TRAIN_FLAGS=("$@"); break ;;
     *) echo "local.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
 done
-[[ -n "$WORKDIR" ]] || { echo "local.sh: --workdir is required" >&2; exit 2; }
+die() {
+  echo "local.sh: $*" >&2
+  exit 2
+}
+case "$MODULE" in
+  vit_jax.train|vit_jax.finetune|vit_jax.fewshot|vit_jax.benchmark) ;;
+  *) die "--module must be vit_jax.train, vit_jax.finetune, vit_jax.fewshot or vit_jax.benchmark (got '$MODULE')" ;;
+esac
+if [[ "$MODULE" == vit_jax.train || "$MODULE" == vit_jax.finetune ]]; then
+  [[ -n "$WORKDIR" ]] || die "--workdir is required"
+fi
 
 gpus=0
 if command -v nvidia-smi > /dev/null 2>&1; then
@@ -37,7 +55,10 @@ fi
 
 pids=()
 for ((i = 0; i < PROCESSES; i++)); do
-  command=("$PYTHON" -m vit_jax.train "--config=$CONFIG" "--workdir=$WORKDIR")
+  command=("$PYTHON" -m "$MODULE" "--config=$CONFIG")
+  if [[ -n "$WORKDIR" ]]; then
+    command+=("--workdir=$WORKDIR")
+  fi
   if [[ "$PROCESSES" -gt 1 ]]; then
     command+=("--coordinator_address=127.0.0.1:$PORT"
               "--num_processes=$PROCESSES" "--process_id=$i")

@@ -7,7 +7,7 @@
 #   create   create the slice (or a queued resource with --queued); --spot for
 #            spot capacity
 #   setup    copy this checkout to every worker and install it with jax[tpu]
-#   train    start training on every worker (the same command on all hosts;
+#   train    start --module on every worker (the same command on all hosts;
 #            each finds the others through the TPU metadata). Rerunning it
 #            after a preemption resumes from the newest checkpoint in --workdir.
 #   logs     follow worker 0's log
@@ -23,6 +23,8 @@
 #   --workdir gs://...   checkpoints and logs, shared by all hosts
 #   --tfds-data-dir gs://...  TFDS_DATA_DIR on the workers
 #   --config SPEC        e.g. configs/pretrain.py:model=B/16,dataset=imagenet2012
+#   --module MODULE      vit_jax.train (default), vit_jax.finetune,
+#                        vit_jax.fewshot or vit_jax.benchmark
 #   --spot, --queued     capacity options for create / delete
 #
 # --dry-run prints every command instead of running it.
@@ -38,13 +40,14 @@ RUNTIME="${TPU_RUNTIME:-v2-alpha-tpuv5}"
 WORKDIR=""
 TFDS_DATA_DIR_REMOTE="${TFDS_DATA_DIR:-}"
 CONFIG="configs/pretrain.py"
+MODULE="vit_jax.train"
 SPOT=0
 QUEUED=0
 REMOTE_DIR="vit_jax"
 LOG="train.log"
 
 usage() {
-  sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -81,6 +84,7 @@ while [[ $# -gt 0 ]]; do
     --workdir) WORKDIR="$2"; shift 2 ;;
     --tfds-data-dir) TFDS_DATA_DIR_REMOTE="$2"; shift 2 ;;
     --config) CONFIG="$2"; shift 2 ;;
+    --module) MODULE="$2"; shift 2 ;;
     --spot) SPOT=1; shift ;;
     --queued) QUEUED=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
@@ -91,6 +95,10 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ -n "$NAME" ]] || die "--name (or TPU_NAME) is required"
+case "$MODULE" in
+  vit_jax.train|vit_jax.finetune|vit_jax.fewshot|vit_jax.benchmark) ;;
+  *) die "--module must be vit_jax.train, vit_jax.finetune, vit_jax.fewshot or vit_jax.benchmark (got '$MODULE')" ;;
+esac
 [[ -n "$ZONE" ]] || die "--zone (or TPU_ZONE) is required"
 GCLOUD_COMMON=(--zone="$ZONE")
 if [[ -n "$PROJECT" ]]; then
@@ -126,7 +134,9 @@ case "$SUBCOMMAND" in
     on_all_workers "cd ~/$REMOTE_DIR && python3 -m pip install -q -U pip && python3 -m pip install -q -e . 'jax[tpu]'"
     ;;
   train)
-    [[ "$WORKDIR" == gs://* ]] || die "--workdir must be a gs:// path that every host can reach (got '$WORKDIR')"
+    if [[ -n "$WORKDIR" || "$MODULE" == vit_jax.train || "$MODULE" == vit_jax.finetune ]]; then
+      [[ "$WORKDIR" == gs://* ]] || die "--workdir must be a gs:// path that every host can reach (got '$WORKDIR')"
+    fi
     flags=""
     for flag in "${TRAIN_FLAGS[@]}"; do
       flags+=" $(printf '%q' "$flag")"
@@ -137,14 +147,18 @@ case "$SUBCOMMAND" in
     fi
     # nohup: the job outlives the ssh session. The same command on every
     # worker; a rerun resumes from the newest checkpoint in the workdir.
-    on_all_workers "cd ~/$REMOTE_DIR && ${env_prefix}nohup python3 -m vit_jax.train --config=$(printf '%q' "$CONFIG") --workdir=$(printf '%q' "$WORKDIR")$flags > ~/$LOG 2>&1 &"
+    workdir_flag=""
+    if [[ -n "$WORKDIR" ]]; then
+      workdir_flag=" --workdir=$(printf '%q' "$WORKDIR")"
+    fi
+    on_all_workers "cd ~/$REMOTE_DIR && ${env_prefix}nohup python3 -m $MODULE --config=$(printf '%q' "$CONFIG")$workdir_flag$flags > ~/$LOG 2>&1 &"
     ;;
   logs)
     run gcloud compute tpus tpu-vm ssh "$NAME" "${GCLOUD_COMMON[@]}" \
       --worker=0 --command="tail -n 100 -f ~/$LOG"
     ;;
   stop)
-    on_all_workers "pkill -TERM -f vit_jax.train || true"
+    on_all_workers "pkill -TERM -f $MODULE || true"
     ;;
   delete)
     if [[ "$QUEUED" == 1 ]]; then

@@ -135,3 +135,40 @@ def test_gpu_benchmark_runs_each_stage_once_and_rejects_unknown_stages():
   assert [l for l in only.stdout.splitlines() if l.startswith('+ ')] == commands[2:]
   bad = sh('launch/gpu_benchmark.sh', '--dry-run', '--only', 'h100')
   assert bad.returncode == 2 and "'h100'" in bad.stderr
+
+
+@pytest.mark.parametrize('module', ['vit_jax.finetune', 'vit_jax.fewshot'])
+def test_launchers_run_any_pod_entry_point(module):
+  config = ('configs/finetune.py:model=B/16,dataset=cifar10'
+            if module == 'vit_jax.finetune' else 'configs/fewshot.py:model=B/16')
+  tpu = sh('launch/tpu_pod.sh', '--dry-run', 'train', '--name', 'vit',
+           '--zone', 'z', '--module', module, '--workdir', 'gs://bucket/ft',
+           '--config', config, '--', '--config.init_from=gs://bucket/run')
+  assert tpu.returncode == 0, tpu.stderr
+  assert (f'nohup\\ python3\\ -m\\ {module}\\ --config=' in tpu.stdout
+          and 'vit_jax.train' not in tpu.stdout)
+  stop = sh('launch/tpu_pod.sh', '--dry-run', 'stop', '--name', 'vit',
+            '--zone', 'z', '--module', module)
+  assert f'pkill\\ -TERM\\ -f\\ {module}' in stop.stdout
+  slurm = sh('launch/gpu_slurm.sbatch', '--module', module, '--workdir',
+             '/shared/ft', '--config', config, env={'DRY_RUN': '1'})
+  assert slurm.stdout.split()[3:7] == ['python3', '-m', module, '--distributed=on']
+  local = sh('launch/local.sh', '--dry-run', '--processes', '2', '--module',
+             module, '--workdir', '/tmp/ft', '--config', config,
+             env={'PYTHON': 'python3'})
+  assert [l.split()[:3] for l in local.stdout.strip().splitlines()] == [
+      ['python3', '-m', module]] * 2
+
+
+def test_launchers_refuse_a_module_that_is_no_pod_entry_point():
+  for args, env in (
+      (['launch/tpu_pod.sh', '--dry-run', 'train', '--name', 'vit', '--zone',
+        'z', '--module', 'vit_jax.predict', '--workdir', 'gs://b/r'], None),
+      (['launch/gpu_slurm.sbatch', '--module', 'vit_jax.predict', '--workdir',
+        '/r'], {'DRY_RUN': '1'}),
+      (['launch/local.sh', '--dry-run', '--module', 'vit_jax.predict',
+        '--workdir', '/r'], None)):
+    out = sh(*args, env=env)
+    assert out.returncode == 2 and out.stdout == ''
+    assert "--module must be vit_jax.train, vit_jax.finetune, vit_jax.fewshot " \
+           "or vit_jax.benchmark (got 'vit_jax.predict')" in out.stderr
