@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_jax.data import inputs, pipeline, registry, sources, synthetic
+from vit_jax.config import resolve
+from vit_jax.data import pipeline, registry, sources, synthetic
 
 
 class TinyNumbered(tfds.core.GeneratorBasedBuilder):
@@ -301,7 +302,7 @@ def test_held_out_slice_of_a_train_only_folder_has_every_class(tmp_path):
   _write_balanced_train_folder(tmp_path)
   source = registry.open_source(f'folder:{tmp_path}')
   lines = []
-  train_split, eval_split = inputs.pick_eval_split(source, 'train', lines.append)
+  train_split, eval_split = resolve.pick_eval_split(source, 'train', lines.append)
   assert (train_split, eval_split) == ('train[:-10]', 'train[-10:]')
   assert 'class-stratified' in lines[0]
   held_out, trained = _labels_of(source, eval_split), _labels_of(source, train_split)
@@ -319,5 +320,5 @@ def test_held_out_slice_of_a_train_only_folder_has_every_class(tmp_path):
 def test_folder_eval_split_names_users_have_are_taken(tmp_path, name):
   _write_balanced_train_folder(tmp_path, classes=2, per_class=2)
   os.makedirs(tmp_path / name / 'class0')
-  assert inputs.pick_eval_split(registry.open_source(f'folder:{tmp_path}'),
+  assert resolve.pick_eval_split(registry.open_source(f'folder:{tmp_path}'),
                                 'train', lambda _: None) == ('train', name)

@@ -14,8 +14,7 @@ import contextlib
 import jax
 
 from vit_jax import app, evaluators
-from vit_jax.config import checks as config_checks
-from vit_jax.config import derived as derived_config
+from vit_jax.config import resolve
 from vit_jax.data import inputs
 from vit_jax.formats import run_record
 from vit_jax.runtime import workdir_lock
@@ -48,11 +47,8 @@ def prepare(config, log=app.console):
   pipelines and opens the evals' data: (source, train data, evaluator
   factory for `trainer.train`). Touches no workdir, so a bad
   value stops the run before anything is written."""
-  config_checks.check_config(config, jax.device_count())
   source = inputs.open_source(config)
-  inputs.resolve_from_data(config, source, log)
-  derived_config.fill(config, log)
-  config_checks.check_config(config, jax.device_count())
+  resolve.resolve(config, source, log=log)
   log(f'{jax.process_count()} processes, {jax.device_count()} devices '
       f'({jax.devices()[0].device_kind}); model {config.model.name}, '
       f'dataset {config.dataset}, batch {config.batch_size}, '

@@ -4,7 +4,7 @@ Configs leave a value at None when it follows from others: the batch size
 from the example count, total_steps from epochs, the warmup from
 total_steps, the evaluation and checkpoint cadence from total_steps. They
 are filled in here, after the data has told what only it can tell
-(`vit_jax.data.inputs.resolve_from_data`), so an override of any value
+(`vit_jax.config.resolve.resolve_from_data`), so an override of any value
 moves what follows from it. Each derived value is logged in one line.
 """
 
@@ -25,6 +25,15 @@ def default_batch_size(train_examples: int) -> int:
   while size * 2 <= min(PAPER_BATCH_SIZE, train_examples // 10):
     size *= 2
   return size
+
+
+def is_filled(config) -> bool:
+  """Whether every value `fill` derives is set."""
+  return (None not in (config.get('batch_size'), config.get('eval_batch_size'),
+                       config.get('total_steps'), config.get('checkpoint_steps', 0),
+                       config.schedule.get('warmup_steps'))
+          and all(spec.get('every_steps', 0) is not None
+                  for spec in (config.get('evals') or {}).values()))
 
 
 def fill(config, log: Callable[[str], None] = print) -> None:

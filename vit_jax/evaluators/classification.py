@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 
+from vit_jax.config import resolve
 from vit_jax.data import inputs
 from vit_jax.training import sharding
 from vit_jax.training.state import TrainSetup
@@ -68,7 +69,7 @@ def make(name: str, spec, context
          ) -> Callable[[TrainSetup], ClassificationEvaluator] | None:
   """Accuracy on `spec.split` of the training dataset, through the run's
   pp_eval; none when the split is None (e.g. --config.eval_split=None)."""
-  split = inputs.split_or_none(spec.get('split'))
+  split = resolve.split_or_none(spec.get('split'))
   if split is None:
     return None
   passes = inputs.eval_passes(context.config, context.source, split)

@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from vit_jax.data import inputs, registry
+from vit_jax.config import resolve
+from vit_jax.data import registry
 from vit_jax.models import build_model
 from vit_jax.training import sharding
 
@@ -128,7 +129,7 @@ class FewshotEvaluator:
         source = registry.open_source(dataset,
                                       data_dir=fewshot_config.get('data_dir'))
         if test_split == 'auto':
-          train_split, test_split = inputs.pick_eval_split(
+          train_split, test_split = resolve.pick_eval_split(
               source, train_split, lambda line: log(f'few-shot {name}: {line}'))
         passes = [source.eval_passes(
             split, pp=pp, batch_size=fewshot_config.batch_size, cache=True)

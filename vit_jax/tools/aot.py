@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import app
+from vit_jax.config import resolve
 from vit_jax.models import flops as flops_lib
 from vit_jax.runtime import devices as devices_lib
 from vit_jax.training import sharding
@@ -63,6 +64,8 @@ def topology_devices(name: str):
 
 def compile_report(config, devices) -> dict:
   """Compiles the train step of `config` for `devices`; returns figures."""
+  # Synthetic batches of the config's shapes: no data is read.
+  resolve.resolve(config, None, log=lambda _: None, num_devices=len(devices))
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   setup = make_setup(config, mesh)
   step = make_train_step(setup)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import app
+from vit_jax.config import resolve
 from vit_jax.models import flops
 from vit_jax.runtime import devices as devices_lib
 from vit_jax.tools import step_profile
@@ -73,6 +74,8 @@ SWEEP_CANDIDATES = {
 
 
 def benchmark(config, steps: int, warmup: int, profile_steps: int = 0) -> dict:
+  # Batches are generated on the device: no data is read.
+  resolve.resolve(config, None, log=lambda _: None)
   setup = make_setup(config)
   mesh = setup.mesh
   state = init_state(setup, config.seed)

@@ -17,8 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax.config import checks as config_checks
-from vit_jax.config import derived as derived_config
+from vit_jax.config import derived, resolve
 from vit_jax.formats.npz import flatten_params, unflatten_params
 from vit_jax.models import build_model
 from vit_jax.training import optim
@@ -71,13 +70,13 @@ class TrainSetup:
 
 def make_setup(config: ml_collections.ConfigDict,
                mesh: jax.sharding.Mesh | None = None) -> TrainSetup:
-  # Entry points fill (and log) the derived values earlier; this covers
-  # direct callers (benchmark, AOT) of configs that leave them at None.
-  derived_config.fill(config, log=lambda _: None)
+  """Model, optimizer, mesh and state shapes and shardings for a resolved
+  config (`vit_jax.config.resolve`, which every entry point calls once). A
+  config with values still at None (a direct caller's) is resolved here,
+  quietly and without data."""
   mesh = mesh or sharding.make_mesh(config.mesh)
-  # The entry points have checked already; direct callers get the same
-  # one-line errors (batch vs data parallelism, image vs patch size, ...).
-  config_checks.check_config(config, mesh.size)
+  if not derived.is_filled(config):
+    resolve.resolve(config, None, log=lambda _: None, num_devices=mesh.size)
   model = build_model(config.model, config.num_classes)
   schedule = optim.make_schedule(
       total_steps=config.total_steps, **config.schedule)
