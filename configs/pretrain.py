@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   # A TFDS name, 'digits' (bundled), 'folder:PATH', 'tfds_dir:PATH' or
-  # 'synthetic'; see vit_jax/data/sources.py.
+  # 'synthetic'; see vit_jax/data/registry.py.
   config.dataset = args['dataset']
   # The dataset the class count and splits below were set for; when
   # --config.dataset names another, they are read from that data instead.
@@ -74,7 +74,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train_split = ml_collections.FieldReference(train_split, field_type=str)
   # 'auto': validation, else test, else a held-out slice of train.
   config.eval_split = ml_collections.FieldReference(eval_split, field_type=str)
-  # ReaL labels, if prepared; None: for imagenet2012 only.
   # Op strings (vit_jax/data/ops.py); pixels end in [-1, 1]. {image_size}
   # and {resize_size} (image_size * 8/7) are filled in from the config.
   config.pp_train = 'decode_inception_crop({image_size})|flip_lr'

@@ -381,7 +381,8 @@ def summary_of(stdout):
 
 
 def vit_b16_reference_tree(num_classes=1000):
-  """REFERENCE.md section 2 for ViT-B/16, in Linen block numbering."""
+  """The released ViT-B/16 tree (google-research/vision_transformer), in
+  Linen block numbering."""
   d, mlp, heads, head_dim = 768, 3072, 12, 64
   tree = {
       'cls': (1, 1, d),

@@ -16,7 +16,8 @@ PRE_LINEN = {'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1',
 
 
 def released_b16_names():
-  """REFERENCE.md section 2 exactly as the released files spell it."""
+  """The ViT-B/16 parameter tree exactly as the released .npz files of
+  google-research/vision_transformer spell it (pre-Linen numbering)."""
   names = {}
   for key, shape in vit_b16_reference_tree().items():
     parts = key.split('/')

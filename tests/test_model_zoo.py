@@ -8,8 +8,9 @@ import pytest
 from vit_jax.models.variants import get_model_config, known_names
 from vit_jax.models import build_model
 
-# REFERENCE.md section 1: 'token' classifier, no representation layer, 224 px,
-# 1000 classes.
+# Parameter counts of the released variants (the official vision_transformer
+# release and timm agree): 'token' classifier, no representation layer,
+# 224 px, 1000 classes.
 PUBLISHED_COUNTS = {
     'Ti/16': 5_717_416,
     'S/16': 22_050_664,

@@ -235,10 +235,6 @@ def test_mistyped_key_unwritable_workdir_and_pipeline_size(tmp_path):
                         '--config.modle.dtype=bfloat16')
   assert_user_error(out, 'Did you mean "model" instead of "modle"?')
   assert not (tmp_path / 'w1').exists()
-  # A key of an earlier release names its successor.
-  out = run_entry_point('vit_jax.train', *DEMO, '--workdir', str(tmp_path / 'w1'),
-                        '--config.eval_steps=5')
-  assert_user_error(out, 'config.eval_steps is now config.evals.accuracy.every_steps')
   out = run_entry_point('vit_jax.train', *DEMO, '--workdir', str(tmp_path / 'w1'),
                         '--config.total_steps=abc')
   assert_user_error(out, "flag --config.total_steps=abc: invalid literal for int()")

@@ -182,14 +182,6 @@ def _exit(code: int) -> None:
   sys.exit(code)
 
 
-# Config keys of earlier releases: an override of one names its successor.
-RENAMED_CONFIG_KEYS = {
-    'eval_steps': 'evals.accuracy.every_steps',
-    'fewshot.log_steps': 'evals.fewshot.every_steps',
-    'real_eval': 'evals.real_accuracy (present for imagenet2012)',
-}
-
-
 def _flag_error(e: BaseException) -> str:
   # ml_collections wraps a KeyError (the key's repr, then a suggestion) in
   # an AttributeError.
@@ -206,12 +198,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, where a bad flag (a required one missing, a
   config override of a key that does not exist or of the wrong type) is a
   user error: one line, exit 2, before anything runs."""
-  for arg in argv[1:]:
-    old = arg.split('=', 1)[0].removeprefix('--config.')
-    if old in RENAMED_CONFIG_KEYS:
-      print(f'error: {arg}: config.{old} is now config.'
-            f'{RENAMED_CONFIG_KEYS[old]}; set that instead.', file=sys.stderr)
-      sys.exit(EXIT_USER_ERROR)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:

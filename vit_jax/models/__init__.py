@@ -13,7 +13,8 @@ _DESCRIPTIVE_KEYS = ('name',)
 
 def build_model(model_config: Mapping[str, Any],
                 num_classes: Optional[int]) -> VisionTransformer:
-  """A VisionTransformer from a `configs/models.py` section.
+  """A VisionTransformer from the model section of a config
+  (`vit_jax.models.variants.get_model_config`).
 
   `num_classes=None` gives a feature extractor (no head).
   """
