@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import build, init_params, randomize, tiny_model_config
+from model_params import build, init_params, randomize
+from tiny_jobs import tiny_model_config
 from vit_jax.formats import npz as checkpoints
 from vit_jax.models import attention_maps
 

@@ -4,7 +4,8 @@ figures (timings themselves are never asserted)."""
 import time
 import types
 
-from conftest import finish, run_module, run_python, start_processes, tiny_config
+from process_runs import finish, run_module, run_python, start_processes
+from tiny_jobs import tiny_config
 from vit_jax.models import flops
 from vit_jax.tools import benchmark
 from vit_jax.tools import step_profile

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from vit_jax.models.variants import get_model_config
-from conftest import abstract_params, build, init_params, randomize, tiny_model_config
-from conftest import vit_b16_reference_tree
+from model_params import abstract_params, build, init_params, randomize
+from tiny_jobs import tiny_model_config
+from model_params import vit_b16_reference_tree
 from vit_jax.formats import npz as checkpoints
 from vit_jax.models import build_model
 

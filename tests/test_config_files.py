@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT, run_module
+from process_runs import ROOT, run_module
 from vit_jax.config.files import sibling
 
 

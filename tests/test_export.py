@@ -4,7 +4,7 @@ unknown formats are one error line."""
 
 import numpy as np
 
-from conftest import run_module
+from process_runs import run_module
 from vit_jax.formats import exporters, npz, run_record, saved_model
 
 

@@ -8,7 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import build, init_params, randomize, run_python, tiny_model_config
+from model_params import build, init_params, randomize
+from process_runs import run_python
+from tiny_jobs import tiny_model_config
 from vit_jax.formats import hf as hf_export
 
 LABELS = [f'class {i}' for i in range(10)]

@@ -11,7 +11,7 @@ from sklearn.linear_model import Ridge
 from vit_jax.evaluators import fewshot
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import run_tiny_process, summary_of  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tiny_jobs import run_tiny_process, summary_of  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.mark.parametrize('n,d', [(200, 30), (30, 200)])
@@ -99,7 +99,7 @@ def test_table():
 
 
 def test_evaluator_on_digits_skips_missing_datasets(tmp_path):
-  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from tiny_jobs import tiny_config  # pylint: disable=g-import-not-at-top
   from configs.fewshot import get_fewshot_section  # pylint: disable=g-import-not-at-top
   from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top
   from vit_jax.training.state import init_state, make_setup  # pylint: disable=g-import-not-at-top

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from conftest import run_module, tiny_model_flags
+from process_runs import run_module
+from tiny_jobs import tiny_model_flags
 from vit_jax.formats import npz as checkpoints
 from vit_jax.formats import transfer
 
@@ -256,7 +257,8 @@ def test_hybrid_checkpoint_fits_a_larger_resolution_and_new_head():
   """A tiny R+ViT (one ResNet stage, 1x1 patches) pre-trained at 16 px loads
   into the same model at 32 px with 7 classes: stem and encoder as they
   are, the grid resized, the head fresh."""
-  from conftest import abstract_params, build, randomize, tiny_model_config  # pylint: disable=g-import-not-at-top
+  from model_params import abstract_params, build, randomize  # pylint: disable=g-import-not-at-top
+  from tiny_jobs import tiny_model_config  # pylint: disable=g-import-not-at-top
   config = tiny_model_config(resnet_layers=(1,), patch_size=(1, 1))
   source = checkpoints.flatten_params(randomize(
       abstract_params(build(config, 1000), image_shape=(1, 16, 16, 3))))
@@ -279,7 +281,7 @@ def test_finetune_a_hybrid_and_its_export_reproduces_the_run_eval(tmp_path):
   finetuned.npz, loaded and evaluated on its own, scores exactly what
   the run's held-out evaluation logged."""
   import jax  # pylint: disable=g-import-not-at-top
-  from conftest import abstract_params, build, hybrid_config, spread_hybrid_params  # pylint: disable=g-import-not-at-top
+  from model_params import abstract_params, build, hybrid_config, spread_hybrid_params  # pylint: disable=g-import-not-at-top
   from vit_jax.data import registry  # pylint: disable=g-import-not-at-top
   config = hybrid_config()
   source_path = str(tmp_path / 'hybrid.npz')

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (abstract_params, build, hybrid_config,
-                      spread_hybrid_params, spread_kernel)
+from model_params import abstract_params, build, hybrid_config, spread_hybrid_params, spread_kernel
 from vit_jax.formats import npz as checkpoints
 from vit_jax.models.resnet import StdConv, standardize_kernel
 

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from conftest import make_photo_folder, run_module as run
+from photo_folders import make_photo_folder
+from process_runs import run_module as run
 
 
 

@@ -12,8 +12,7 @@ import time
 
 import numpy as np
 
-from conftest import (ROOT, finish, free_port, run_module, run_python,
-                      start_processes, wait_for_line)
+from process_runs import ROOT, finish, free_port, run_module, run_python, start_processes, wait_for_line
 from vit_jax.formats import transfer
 
 DEMO = ['--config', os.path.join(ROOT, 'configs', 'demo.py'),

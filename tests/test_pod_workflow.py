@@ -10,8 +10,7 @@ import time
 
 import numpy as np
 
-from conftest import (ROOT, finish, run_module, start_processes,
-                      wait_for_line)
+from process_runs import ROOT, finish, run_module, start_processes, wait_for_line
 from vit_jax.formats import npz as checkpoints
 from vit_jax.formats import transfer
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_module
+from process_runs import run_module
 from vit_jax import predict
 from vit_jax.data.sources import digits_source
 from vit_jax.formats import npz as checkpoints
@@ -127,7 +127,7 @@ def test_user_errors_are_one_line(demo_run, tmp_path):
 def test_augreg_file_names_say_the_model_resolution_and_loss(tmp_path):
   """An .npz named like an AugReg release (here a Ti/16 fine-tuned at
   32 px on 100 classes) needs no config: the name tells it."""
-  from conftest import abstract_params, build, randomize  # pylint: disable=g-import-not-at-top
+  from model_params import abstract_params, build, randomize  # pylint: disable=g-import-not-at-top
   from vit_jax.models.variants import get_model_config  # pylint: disable=g-import-not-at-top
   name = ('Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--'
           'cifar100-steps_2k-lr_0.01-res_32.npz')

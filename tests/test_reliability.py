@@ -8,9 +8,8 @@ import signal
 
 import pytest
 
-from conftest import (read_until_step, run_tiny,
-                      run_tiny_process, start_tiny, start_two_processes,
-                      tiny_config)
+from process_runs import read_until_step
+from tiny_jobs import run_tiny, run_tiny_process, start_tiny, start_two_processes, tiny_config
 from vit_jax.data.synthetic import BatchIterator, SyntheticSource
 from vit_jax.runtime.user_errors import UserError
 from vit_jax.training import loop as trainer

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import run_module
+from process_runs import run_module
 
 
 def train(workdir, *overrides):

@@ -6,7 +6,7 @@ import subprocess
 
 import numpy as np
 
-from conftest import run_tiny, start_two_processes, summary_of
+from tiny_jobs import run_tiny, start_two_processes, summary_of
 
 # SGD: Adam divides by the gradient's own magnitude, so parameters whose true
 # gradient is zero (the attention key bias) move by +-lr on rounding noise,
@@ -84,7 +84,7 @@ def test_two_processes_on_digits_count_every_test_example_once(tmp_path):
   # The logged accuracy is that of the saved parameters on the 360 digits,
   # computed here on one device without the pipeline.
   # pylint: disable=g-import-not-at-top
-  from conftest import tiny_config
+  from tiny_jobs import tiny_config
   from vit_jax.formats import npz as checkpoints
   from vit_jax.formats import transfer
   from vit_jax.data import sources

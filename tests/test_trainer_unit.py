@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import pretrain
-from conftest import tiny_config
+from tiny_jobs import tiny_config
 from vit_jax import evaluators
 from vit_jax.config import checks as config_checks
 from vit_jax.config import derived as derived_config

@@ -9,8 +9,9 @@ import flax.linen as nn
 import numpy as np
 import pytest
 
-from conftest import (ROOT, abstract_params, build, init_params, run_module,
-                      run_python, tiny_model_config)
+from model_params import abstract_params, build, init_params
+from process_runs import ROOT, run_module, run_python
+from tiny_jobs import tiny_model_config
 from vit_jax.formats import npz as checkpoints
 from vit_jax.runtime.user_errors import UserError
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from vit_jax.models.variants import get_model_config
-from conftest import (abstract_params, build, init_params, tiny_model_config,
-                      vit_b16_reference_tree)
+from model_params import abstract_params, build, init_params, vit_b16_reference_tree
+from tiny_jobs import tiny_model_config
 from vit_jax.formats.npz import flatten_params
 from vit_jax.models import build_model
 

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from conftest import tiny_config  # pylint: disable=wrong-import-position
+from tiny_jobs import tiny_config  # pylint: disable=wrong-import-position
 
 
 def main():
