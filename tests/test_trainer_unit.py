@@ -17,7 +17,6 @@ from vit_jax.runtime.user_errors import ConfigError
 from vit_jax.training import losses
 from vit_jax.training import loop as trainer
 from vit_jax.training.state import init_state, make_setup
-from vit_jax.training.sharding import resolve_mesh_shape
 
 
 def test_pretrain_config_defaults_follow_the_paper():
@@ -99,16 +98,6 @@ def test_warmup_and_cadence_follow_an_overridden_step_count():
   derived_config.fill(shorter, log=lambda _: None)
   assert (shorter.schedule.warmup_steps, shorter.evals.accuracy.every_steps,
           shorter.checkpoint_steps) == (15, 30, 30)
-
-
-def test_mesh_shape_resolution_and_errors():
-  assert resolve_mesh_shape({'data': -1, 'fsdp': 2, 'tensor': 1}, 8) == (4, 2, 1)
-  with pytest.raises(ValueError, match=r'has 4 devices but 8 are available'):
-    resolve_mesh_shape({'data': 2, 'fsdp': 2}, 8)
-  with pytest.raises(ValueError, match=r'divisible by 3, but there are 8'):
-    resolve_mesh_shape({'data': -1, 'tensor': 3}, 8)
-  with pytest.raises(ValueError, match=r"unknown mesh axes \['model'\]"):
-    resolve_mesh_shape({'model': 2}, 8)
 
 
 def test_losses():

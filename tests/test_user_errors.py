@@ -1,7 +1,6 @@
 """Bad inputs stop the entry points with one `error:` line and exit status 2,
 before anything is written to the workdir."""
 
-import ast
 import concurrent.futures
 import os
 
@@ -13,7 +12,6 @@ from model_params import abstract_params, build, init_params
 from process_runs import ROOT, run_module, run_python
 from tiny_jobs import tiny_model_config
 from vit_jax.formats import npz as checkpoints
-from vit_jax.runtime.user_errors import UserError
 
 
 
@@ -31,103 +29,16 @@ def assert_user_error(out, message):
 
 DEMO = ('--config', 'configs/demo.py')
 
-# (flags after the demo config, the message's distinctive part)
-CONFIG_CASES = {
-    'negative_batch': (['--config.batch_size=-1'],
-                       'config.batch_size=-1: expected a whole number >= 1; '
-                       'set --config.batch_size=N with N >= 1.'),
-    'zero_batch': (['--config.batch_size=0'], 'config.batch_size=0: expected'),
-    'zero_eval_batch': (['--config.eval_batch_size=0'],
-                        'config.eval_batch_size=0: expected'),
-    'zero_steps': (['--config.total_steps=0'], 'config.total_steps=0: expected'),
-    'zero_log_steps': (['--config.log_steps=0'], 'config.log_steps=0: expected'),
-    'negative_eval_steps': (['--config.evals.accuracy.every_steps=-1'],
-                            'config.evals.accuracy.every_steps=-1: expected a '
-                            'whole number >= 0'),
-    'negative_lr': (['--config.schedule.base_lr=-0.1'],
-                    'config.schedule.base_lr=-0.1: expected a number in (0, inf]'),
-    'long_warmup': (['--config.schedule.warmup_steps=5000'],
-                    'config.schedule.warmup_steps=5000 exceeds '
-                    'config.total_steps=1500; set --config.schedule.warmup_steps '
-                    'to at most 1500'),
-    'unknown_decay': (['--config.schedule.decay_type=exp'],
-                      "config.schedule.decay_type='exp': expected one of"),
-    'unknown_optimizer': (['--config.optimizer.name=lion'],
-                          "config.optimizer.name='lion': expected one of "
-                          "['adam', 'sgd', 'adafactor']"),
-    'image_size_not_multiple': (['--config.image_size=9'],
-                                'config.image_size=9 is not a multiple of the '
-                                'patch size (2, 2) x stem stride 1'),
-    'zero_image_size': (['--config.image_size=0'], 'config.image_size=0: expected'),
-    'unknown_model_name': (['--config.model.name=B/17x'],
-                           "config.model.name='B/17x': unknown model 'B/17x'"),
-    'heads_do_not_divide_width': (['--config.model.num_heads=5'],
-                                  'config.model.hidden_size=64 is not divisible '
-                                  'by config.model.num_heads=5'),
-    'unknown_classifier': (['--config.model.classifier=cls'],
-                           "config.model.classifier='cls': expected one of"),
-    'dropout_of_one': (['--config.model.dropout_rate=1.0'],
-                       'config.model.dropout_rate=1.0: expected a number in [0, 1)'),
-    'unknown_dtype': (['--config.model.dtype=float8'],
-                      "config.model.dtype='float8': expected one of"),
-    'mesh_too_large': (['--config.mesh.data=3'],
-                       "config.mesh={'data': 3, 'fsdp': 1, 'tensor': 1}: mesh "
-                       "{'data': 3, 'fsdp': 1, 'tensor': 1} has 3 devices but 1 "
-                       'are available'),
-    'mesh_zero': (['--config.mesh.tensor=0'], "axis 'tensor' has size 0"),
-    'batch_and_accumulation': (['--config.batch_size=100', '--config.accum_steps=3'],
-                               'config.batch_size=100 is not divisible by the '
-                               'data-parallel size 1 x accum_steps 3'),
-    'unknown_eval_split': (['--config.eval_split=valid'],
-                           "config.eval_split='valid': unknown split 'valid'; "
-                           "this dataset has splits ['test', 'train']"),
-    'unknown_train_split': (['--config.train_split=training'],
-                            "config.train_split='training': unknown split"),
-    'bad_placeholder': (['--config.pp_eval=resize({size})'],
-                        "config.pp_eval='resize({size})': unknown placeholder {size}"),
-    'unknown_op': (['--config.pp_train=rotate(3)'],
-                   "config.pp_train='rotate(3)': unknown op 'rotate'"),
-    'wrong_class_count': (['--config.num_classes=7'],
-                          "dataset 'digits' has 10 classes but config.num_classes=7"),
-}
-
-
-def demo_config(flags):
-  """configs/demo.py with `--config.key=value` flags applied as the flag
-  parser would: Python literals, else strings."""
-  from vit_jax.config.files import sibling  # pylint: disable=g-import-not-at-top
-  config = sibling(os.path.join(ROOT, 'configs', 'demo.py'), 'demo').get_config()
-  for flag in flags:
-    key, _, text = flag[len('--config.'):].partition('=')
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    *parents, leaf = key.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
-
-
-@pytest.mark.parametrize('case', sorted(CONFIG_CASES))
-def test_bad_config_value_is_one_user_error_before_the_workdir(case):
-  """What the entry point checks before it touches the workdir
-  (`train.prepare`), in this process: one exception per case."""
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
-  flags, message = CONFIG_CASES[case]
-  with pytest.raises(UserError) as raised:
-    train.prepare(demo_config(flags), log=lambda _: None)
-  assert message in str(raised.value) and '\n' not in str(raised.value)
-
-
 # One case per stage of the checks, through the entry point: the values as
 # typed, those derived from the data, and the model's shape.
-@pytest.mark.parametrize('case', ['negative_batch', 'wrong_class_count',
-                                  'image_size_not_multiple'])
-def test_bad_config_value_stops_the_entry_point_before_the_workdir(tmp_path, case):
-  flags, message = CONFIG_CASES[case]
+@pytest.mark.parametrize('flags,message', [
+    (['--config.batch_size=-1'], 'config.batch_size=-1: expected a whole number >= 1'),
+    (['--config.num_classes=7'],
+     "dataset 'digits' has 10 classes but config.num_classes=7"),
+    (['--config.image_size=9'],
+     'config.image_size=9 is not a multiple of the patch size (2, 2)')])
+def test_bad_config_value_stops_the_entry_point_before_the_workdir(
+    tmp_path, flags, message):
   workdir = tmp_path / 'run'
   out = run_entry_point('vit_jax.train', *DEMO, '--workdir', str(workdir), *flags)
   assert_user_error(out, message)
@@ -135,7 +46,10 @@ def test_bad_config_value_stops_the_entry_point_before_the_workdir(tmp_path, cas
 
 
 def test_training_needs_a_workdir(tmp_path):
-  out = run_entry_point('vit_jax.train', *DEMO)
+  # Run from an empty directory: nothing may land where the user stands.
+  out = run_module('vit_jax.train', '--config',
+                   os.path.join(ROOT, 'configs', 'demo.py'), check=False,
+                   timeout=300, cwd=tmp_path)
   assert_user_error(out, 'Flag --workdir must have a value other than None')
   assert not list(tmp_path.iterdir())
 
