@@ -2,10 +2,10 @@
 so that `vit_jax.predict` can be run on image files and checked against the
 run's own held-out evaluation.
 
-  python benchmarks/digits_as_files.py /tmp/digits_png
+  python crosschecks/digits_as_files.py /tmp/digits_png
   python -m vit_jax.predict --model /tmp/vit_demo --images /tmp/digits_png \\
       --output /tmp/preds.jsonl
-  python benchmarks/digits_as_files.py /tmp/digits_png --score /tmp/preds.jsonl
+  python crosschecks/digits_as_files.py /tmp/digits_png --score /tmp/preds.jsonl
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Logits of our hybrid model against the official release's model code.
 
-  python benchmarks/hybrid_vs_official.py --official_repo PATH \
+  python crosschecks/hybrid_vs_official.py --official_repo PATH \
       [--model R26+S/32] [--scales=-4,-1]
 
 PATH is a checkout of github.com/google-research/vision_transformer; its
