@@ -19,10 +19,16 @@ from vit_jax.training import loop as trainer
 from vit_jax.training.state import init_state, make_setup
 
 
-def test_pretrain_config_defaults_follow_the_paper():
-  config = pretrain.get_config('model=L/16,dataset=imagenet21k')
+def _derived(arg):
+  """A pretrain config with its derived values filled: (config, log lines)."""
+  config = pretrain.get_config(arg)
   lines = []
   derived_config.fill(config, log=lines.append)
+  return config, lines
+
+
+def test_pretrain_config_defaults_follow_the_paper():
+  config, lines = _derived('model=L/16,dataset=imagenet21k')
   assert lines == ['derived: batch_size 4096, total_steps 288968 (90 epochs of '
                    '13151276 examples)']
   assert config.num_classes == 21843
@@ -40,9 +46,7 @@ def test_pretrain_config_defaults_follow_the_paper():
 def test_imagenet_recipes_keep_the_published_10k_warmup():
   # ViT paper appendix B.1 and big_vision's vit_i1k.py: 10k warmup steps
   # on ImageNet-1k (300 epochs at batch 4096 = 93,835 steps), not a tenth.
-  config = pretrain.get_config('model=B/16,dataset=imagenet2012')
-  lines = []
-  derived_config.fill(config, log=lines.append)
+  config, lines = _derived('model=B/16,dataset=imagenet2012')
   assert lines == ['derived: batch_size 4096, total_steps 93835 (300 epochs '
                    'of 1281167 examples)']
   assert config.schedule.warmup_steps == 10_000
