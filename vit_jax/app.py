@@ -28,12 +28,13 @@ from typing import Callable, Sequence
 
 from absl import app as absl_app
 from absl import flags, logging
+import jax
 from ml_collections import config_flags
 
 from vit_jax.runtime import platform
 from vit_jax.runtime.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
-from vit_jax.runtime.user_errors import EXIT_USER_ERROR, UserError
 from vit_jax.runtime import coordination
+from vit_jax.runtime.user_errors import EXIT_USER_ERROR, UserError
 
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, optionally with an argument string: '
@@ -67,7 +68,6 @@ _FAILURE_POLL_SECONDS = 0.5
 
 
 def is_main_process() -> bool:
-  import jax  # pylint: disable=g-import-not-at-top
   return jax.process_index() == 0
 
 
@@ -81,7 +81,6 @@ def initialize_distributed() -> None:
   """`jax.distributed.initialize` when this is one process of several:
   with --coordinator_address given, or on a detected cluster (TPU VM pod,
   SLURM, Open MPI), or with --distributed=on."""
-  import jax  # pylint: disable=g-import-not-at-top
   explicit = COORDINATOR.value is not None
   wanted = DISTRIBUTED.value == 'on' or (
       DISTRIBUTED.value == 'auto' and
@@ -139,7 +138,6 @@ def _watch_for_failures() -> None:
   """A daemon thread that ends this process as soon as another one reports
   a failure (heartbeats only catch processes that died)."""
 
-  import jax  # pylint: disable=g-import-not-at-top
   own = f'process {jax.process_index()} failed: '
 
   def watch():
@@ -162,7 +160,6 @@ def _report_failure(message: str) -> None:
   0: from there, the others get time to read the message before it goes;
   any other process leaves at once (once process 0 has read the message
   and exited, the service is gone and JAX would abort this one)."""
-  import jax  # pylint: disable=g-import-not-at-top
   try:
     coordination.publish(
         _FAILURE_KEY, f'process {jax.process_index()} failed: {message}')

@@ -80,6 +80,7 @@ def list_images(spec: str) -> list[str]:
 def make_preprocess(config):
   """path -> the model input (float32 (size, size, 3)) through the run's
   pp_eval, or raises an error that says why the image cannot be used."""
+  # TensorFlow decodes and resizes; imported once there are images to read.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from vit_jax.data.ops import Preprocess  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')

@@ -15,6 +15,8 @@ import logging
 from typing import Callable, Iterator
 
 import numpy as np
+import jax
+from jax.experimental import multihost_utils
 import tensorflow as tf
 
 from vit_jax.data.ops import Preprocess
@@ -55,10 +57,8 @@ def _check_fixed_size(spec: dict, pp: str) -> None:
 
 def _gather_per_process(values: np.ndarray) -> np.ndarray:
   """Per-process integer vectors -> stacked (processes, n) on every host."""
-  import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     return values[None]
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(values))
 
 

@@ -134,6 +134,7 @@ def digits_source() -> ArraySource:
   """scikit-learn's 1,797 handwritten digits (UCI; 8x8, 17 grey levels),
   shipped inside the scikit-learn wheel. A fixed, class-stratified split:
   'train' 1,437 and 'test' 360 (36 per class)."""
+  # scikit-learn is a slow import that only the digits need.
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   digits = load_digits()
   grey = np.round(digits.images * (255 / 16)).astype(np.uint8)

@@ -133,6 +133,7 @@ def save_hf(params: Params, model_config, out_dir: str,
   preprocessor maps pixels to [-1, 1] (mean 0.5, std 0.5), the range of our
   pp ops' value_range default. `image_size` is needed only for sincos2d.
   """
+  # Only the Hugging Face export needs safetensors.
   from safetensors.numpy import save as safetensors_bytes  # pylint: disable=g-import-not-at-top
   tensors, size = hf_state_dict(params, model_config, image_size)
   num_classes = tensors['classifier.bias'].shape[0]

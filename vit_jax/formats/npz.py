@@ -29,6 +29,7 @@ import re
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import flax.linen as nn
 from etils import epath
 
 from vit_jax.formats import run_record
@@ -276,7 +277,6 @@ def match_params(flat: FlatParams, reference_params: Params,
 def _plain(tree: Params) -> Params:
   """Unboxes Flax metadata boxes (nn.Partitioned from `model.init`), so
   trees straight from init save and load like plain ones."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   return nn.unbox(tree)
 
 

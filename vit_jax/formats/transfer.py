@@ -18,7 +18,10 @@ import logging
 import re
 from typing import Any, Callable, Sequence
 
+from etils import epath
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import scipy.ndimage
 
 from vit_jax.formats import npz as checkpoints
@@ -104,9 +107,6 @@ def augreg_model_name(path: str) -> str | None:
 def read_orbax_params(directory: str, step: int | None = None) -> checkpoints.FlatParams:
   """Params of a pre-training workdir (or its checkpoints/ folder), at
   `step` or the newest step, as host arrays."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
   root = epath.Path(absolute_path(directory))
   try:
     if (root / 'checkpoints').is_dir():

@@ -12,11 +12,13 @@ to the last. Row i of the result says how much each input token flows into
 output token i.
 """
 
+import io
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image, ImageDraw
 
 _BLOCK = 'MultiHeadDotProductAttention_0'
 _RECORDED = 'attention_probs'
@@ -91,7 +93,6 @@ def _colour(values: np.ndarray) -> np.ndarray:
 
 
 def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   scaled = np.asarray(grid, np.float32) / max(float(np.max(grid)), 1e-12)
   return np.asarray(Image.fromarray(scaled, mode='F').resize(
       (size, size), Image.BILINEAR))
@@ -103,8 +104,6 @@ def render(image: np.ndarray, head_grids: np.ndarray, rollout_grid: np.ndarray,
   last-layer map over it (each map scaled to its own maximum). `image` is
   the preprocessed input (any value range); grids are (heads, g, g) and
   (g, g)."""
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
   image = np.asarray(image, np.float32)
   image = (image - image.min()) / max(float(image.max() - image.min()), 1e-12)
   base = np.asarray(Image.fromarray(np.uint8(image * 255)).resize(

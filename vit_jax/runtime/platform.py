@@ -23,5 +23,6 @@ def skip_absent_tpu() -> None:
     return
   if any(os.path.exists(path) for path in _OTHER_ACCELERATORS):
     return
+  # JAX only on a host that needs the switch; the checks above are cheap.
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_platforms', 'cpu')

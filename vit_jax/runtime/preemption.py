@@ -19,6 +19,7 @@ import sys
 import threading
 
 import jax
+from jax.experimental import multihost_utils
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a temporary failure; run again
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -74,7 +75,6 @@ class PreemptionWatcher:
 
   def should_stop(self, step: int) -> bool:
     if self._multihost:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       if multihost_utils.reached_preemption_sync_point(step):
         self.reason = self.reason or 'SIGTERM'
         return True

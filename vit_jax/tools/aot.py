@@ -20,6 +20,7 @@ from absl import flags
 # Importing JAX does not start a backend yet, so cpu-N can still set the
 # host device count below.
 import jax
+from jax.experimental import topologies
 import jax.numpy as jnp
 
 from vit_jax import app
@@ -40,7 +41,6 @@ GIB = devices_lib.GIB
 
 def topology_devices(name: str):
   """Devices to compile for: a TPU topology description or N CPU devices."""
-  import jax  # pylint: disable=g-import-not-at-top
   if name.startswith('cpu-'):
     count = int(name[len('cpu-'):])
     if len(jax.devices('cpu')) < count:
@@ -48,7 +48,6 @@ def topology_devices(name: str):
                        f'the flag is applied at start-up, so run as '
                        f'python -m vit_jax.aot (not imported).')
     return jax.devices('cpu')[:count]
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # Compiling touches no TPU, so several compiles (tests, parallel sweeps)
   # may share the machine; libtpu otherwise takes a machine-wide lock.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')

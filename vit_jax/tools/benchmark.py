@@ -190,6 +190,7 @@ def main():
   result = benchmark(config, _STEPS.value, _WARMUP.value, _PROFILE.value)
   profile = result.pop('profile', None)
   if _PEER.value != 'none':
+    # The peers need the optional PyTorch extra (.[peers]).
     from vit_jax.tools import peer_benchmark  # pylint: disable=g-import-not-at-top
     on_gpu = jax.devices()[0].platform == 'gpu'
     compile_model = on_gpu if _PEER_COMPILE.value is None else _PEER_COMPILE.value

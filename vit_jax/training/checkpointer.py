@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -143,7 +144,6 @@ class StateCheckpointer:
         f'fine-tune with init_from).')
 
   def _set_aside(self, step: int) -> None:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:
       path = self._directory / str(step)
       target = self._directory / f'{step}.damaged'

@@ -6,6 +6,7 @@ import os
 import time
 from typing import Callable
 
+from etils import epath
 import jax
 import ml_collections
 
@@ -38,7 +39,6 @@ def _check_finite(state: TrainState) -> None:
 
 
 def check_writable(workdir: str) -> None:
-  from etils import epath  # pylint: disable=g-import-not-at-top
   try:
     path = epath.Path(workdir)
     path.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import mesh_utils
 import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -76,7 +77,6 @@ def make_mesh(mesh_config: Mapping[str, int],
   shape = resolve_mesh_shape(mesh_config, len(devices))
   num_slices = len({getattr(d, 'slice_index', 0) for d in devices})
   if num_slices > 1:
-    from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
     if shape[0] % num_slices:
       raise ValueError(f'the data axis ({shape[0]}) must be a multiple of the '
                        f'number of slices ({num_slices}).')
