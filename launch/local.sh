@@ -5,8 +5,8 @@
 #   launch/local.sh [--dry-run] [--processes N] [--port P] [--module M] \
 #       --workdir DIR --config configs/demo.py [-- more flags]
 #
-# --module: vit_jax.train (default), vit_jax.finetune, vit_jax.fewshot or
-# vit_jax.benchmark. Process 0 coordinates on 127.0.0.1:PORT. With GPUs,
+# --module: the entry point (vit_jax.train by default, vit_jax.finetune,
+# vit_jax.fewshot, ...). Process 0 coordinates on 127.0.0.1:PORT. With GPUs,
 # process i sees only GPU i. Rerunning the same command resumes from the
 # workdir. The interpreter is $PYTHON, else the checkout's .venv (where the
 # README's set-up installs), else python3.
@@ -40,12 +40,10 @@ die() {
   echo "local.sh: $*" >&2
   exit 2
 }
-case "$MODULE" in
-  vit_jax.train|vit_jax.finetune|vit_jax.fewshot|vit_jax.benchmark) ;;
-  *) die "--module must be vit_jax.train, vit_jax.finetune, vit_jax.fewshot or vit_jax.benchmark (got '$MODULE')" ;;
-esac
-if [[ "$MODULE" == vit_jax.train || "$MODULE" == vit_jax.finetune ]]; then
-  [[ -n "$WORKDIR" ]] || die "--workdir is required"
+repo_root="$(cd "$(dirname "$0")/.." && pwd)"
+# Any entry point of the package whose module is in this checkout.
+if [[ "$MODULE" != vit_jax.* || ! -f "$repo_root/${MODULE//.//}.py" ]]; then
+  die "--module $MODULE: no ${MODULE//.//}.py in this checkout; pass an entry point such as vit_jax.train or vit_jax.finetune"
 fi
 
 gpus=0

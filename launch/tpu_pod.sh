@@ -23,8 +23,8 @@
 #   --workdir gs://...   checkpoints and logs, shared by all hosts
 #   --tfds-data-dir gs://...  TFDS_DATA_DIR on the workers
 #   --config SPEC        e.g. configs/pretrain.py:model=B/16,dataset=imagenet2012
-#   --module MODULE      vit_jax.train (default), vit_jax.finetune,
-#                        vit_jax.fewshot or vit_jax.benchmark
+#   --module MODULE      the entry point: vit_jax.train (default),
+#                        vit_jax.finetune, vit_jax.fewshot, ...
 #   --spot, --queued     capacity options for create / delete
 #
 # --dry-run prints every command instead of running it.
@@ -95,10 +95,11 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ -n "$NAME" ]] || die "--name (or TPU_NAME) is required"
-case "$MODULE" in
-  vit_jax.train|vit_jax.finetune|vit_jax.fewshot|vit_jax.benchmark) ;;
-  *) die "--module must be vit_jax.train, vit_jax.finetune, vit_jax.fewshot or vit_jax.benchmark (got '$MODULE')" ;;
-esac
+repo_root="$(cd "$(dirname "$0")/.." && pwd)"
+# Any entry point of the package whose module is in this checkout.
+if [[ "$MODULE" != vit_jax.* || ! -f "$repo_root/${MODULE//.//}.py" ]]; then
+  die "--module $MODULE: no ${MODULE//.//}.py in this checkout; pass an entry point such as vit_jax.train or vit_jax.finetune"
+fi
 [[ -n "$ZONE" ]] || die "--zone (or TPU_ZONE) is required"
 GCLOUD_COMMON=(--zone="$ZONE")
 if [[ -n "$PROJECT" ]]; then
@@ -128,13 +129,13 @@ case "$SUBCOMMAND" in
     fi
     ;;
   setup)
-    repo_root="$(cd "$(dirname "$0")/.." && pwd)"
     run gcloud compute tpus tpu-vm scp --recurse "$repo_root" \
       "$NAME:~/$REMOTE_DIR" "${GCLOUD_COMMON[@]}" --worker=all
     on_all_workers "cd ~/$REMOTE_DIR && python3 -m pip install -q -U pip && python3 -m pip install -q -e . 'jax[tpu]'"
     ;;
   train)
-    if [[ -n "$WORKDIR" || "$MODULE" == vit_jax.train || "$MODULE" == vit_jax.finetune ]]; then
+    # Every host writes the same workdir (the entry point says if it needs one).
+    if [[ -n "$WORKDIR" ]]; then
       [[ "$WORKDIR" == gs://* ]] || die "--workdir must be a gs:// path that every host can reach (got '$WORKDIR')"
     fi
     flags=""

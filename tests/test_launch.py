@@ -160,15 +160,15 @@ def test_launchers_run_any_pod_entry_point(module):
       ['python3', '-m', module]] * 2
 
 
-def test_launchers_refuse_a_module_that_is_no_pod_entry_point():
+def test_launchers_refuse_a_module_the_checkout_does_not_have():
   for args, env in (
       (['launch/tpu_pod.sh', '--dry-run', 'train', '--name', 'vit', '--zone',
-        'z', '--module', 'vit_jax.predict', '--workdir', 'gs://b/r'], None),
-      (['launch/gpu_slurm.sbatch', '--module', 'vit_jax.predict', '--workdir',
+        'z', '--module', 'vit_jax.trian', '--workdir', 'gs://b/r'], None),
+      (['launch/gpu_slurm.sbatch', '--module', 'vit_jax.trian', '--workdir',
         '/r'], {'DRY_RUN': '1'}),
-      (['launch/local.sh', '--dry-run', '--module', 'vit_jax.predict',
+      (['launch/local.sh', '--dry-run', '--module', 'vit_jax.trian',
         '--workdir', '/r'], None)):
     out = sh(*args, env=env)
     assert out.returncode == 2 and out.stdout == ''
-    assert "--module must be vit_jax.train, vit_jax.finetune, vit_jax.fewshot " \
-           "or vit_jax.benchmark (got 'vit_jax.predict')" in out.stderr
+    assert ('--module vit_jax.trian: no vit_jax/trian.py in this checkout; pass '
+            'an entry point such as vit_jax.train or vit_jax.finetune') in out.stderr
