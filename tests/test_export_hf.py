@@ -98,3 +98,65 @@ def test_transformers_computes_our_logits(tmp_path, posemb):
   assert np.std(ours) > 0.1
   np.testing.assert_allclose(np.load(tmp_path / 'logits.npy'), ours,
                              atol=1e-4, rtol=1e-4)
+
+
+def _export_with_pp(tmp_path, pp_eval):
+  config = tiny_model_config()
+  params = init_params(build(config, 10))
+  lost = hf_export.save_hf(params, config, str(tmp_path / 'hf'), labels=LABELS,
+                           image_size=16, pp_eval=pp_eval)
+  return lost, json.loads((tmp_path / 'hf' / 'preprocessor_config.json').read_text())
+
+
+def test_preprocessor_config_repeats_the_runs_eval_preprocessing(tmp_path):
+  lost, crop = _export_with_pp(tmp_path / 'a', 'decode|resize_small(18)|central_crop(16)')
+  assert lost is None
+  assert (crop['image_processor_type'], crop['size'], crop['crop_size'],
+          crop['do_center_crop'], crop['resample']) == (
+              'BitImageProcessor', {'shortest_edge': 18},
+              {'height': 16, 'width': 16}, True, 2)
+  assert (crop['rescale_factor'], crop['image_mean'], crop['image_std']) == (
+      1 / 255, [0.5] * 3, [0.5] * 3)
+  lost, squash = _export_with_pp(tmp_path / 'b', 'decode|resize(16)')
+  assert lost is None and (squash['image_processor_type'], squash['size']) == (
+      'ViTImageProcessor', {'height': 16, 'width': 16})
+  lost, other = _export_with_pp(tmp_path / 'c', 'decode|resize(20)|rot90')
+  assert lost == ("the run preprocesses with pp_eval 'decode|resize(20)|rot90', "
+                  "which transformers' image processors cannot repeat; "
+                  "preprocessor_config.json resizes every image to 16x16 instead")
+  assert other['size'] == {'height': 16, 'width': 16}
+
+
+@pytest.mark.skipif(importlib.util.find_spec('transformers') is None,
+                    reason='transformers is not installed')
+@pytest.mark.parametrize('height,width,mean_at_most', [
+    (18, 18, 0.0), (57, 31, 0.01), (64, 40, 0.04), (40, 64, 0.04),
+    (240, 320, 0.1)])
+def test_transformers_processor_gives_the_pixels_of_our_pp_eval(
+    tmp_path, height, width, mean_at_most):
+  """transformers' own processor, loaded from the export, on images of other
+  sizes and aspect ratios: the same crop of the same resized image, where
+  the processor of a plain resize (what the export wrote before) squashes
+  the image. What remains is resampling: transformers floors the long side
+  where tf.image.resize rounds it, and PIL filters with antialiasing when it
+  shrinks. Pixels are in [-1, 1]."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from transformers import AutoImageProcessor  # pylint: disable=g-import-not-at-top
+  from vit_jax.data.ops import Preprocess  # pylint: disable=g-import-not-at-top
+  pp = 'decode|resize_small(18)|central_crop(16)'
+  _export_with_pp(tmp_path / 'crop', pp)
+  _export_with_pp(tmp_path / 'squash', 'decode|resize(16)')
+  y, x = np.mgrid[0:height, 0:width]
+  image = np.stack([127 + 120 * np.sin(y / 9.0), 127 + 120 * np.cos(x / 7.0),
+                    255 * (x + y) / (height + width)], -1).astype(np.uint8)
+  ours = Preprocess(pp).example_fn(
+      {'image': tf.io.encode_png(image), 'label': tf.constant(0)},
+      tf.constant([0, 0], tf.int64))['image'].numpy()
+
+  def difference(folder):
+    processor = AutoImageProcessor.from_pretrained(str(tmp_path / folder / 'hf'))
+    theirs = processor(images=image, return_tensors='np')['pixel_values'][0]
+    return float(np.abs(theirs.transpose(1, 2, 0) - ours).mean())
+  crop, squash = difference('crop'), difference('squash')
+  assert crop <= mean_at_most, crop
+  assert squash > 3 * crop, (squash, crop)

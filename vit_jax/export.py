@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from vit_jax import app
+from vit_jax.data import inputs
 from vit_jax.formats import exporters, saved_model
 from vit_jax.runtime.user_errors import UserError
 
@@ -41,10 +42,14 @@ def main():
     raise UserError(f'--format={name}: {loaded.description} cannot be '
                     f'exported so: {refusal}.')
   params = jax.tree.map(np.asarray, loaded.params)
-  exporters.export(name, params, loaded.config.model, out,
-                   labels=loaded.labels, image_size=loaded.config.image_size)
+  lost = exporters.export(name, params, loaded.config.model, out,
+                          labels=loaded.labels,
+                          image_size=loaded.config.image_size,
+                          pp_eval=inputs.filled_op_string(loaded.config, 'pp_eval'))
   print(f'exported {out} ({name}) from {loaded.description}: '
         f'{loaded.config.model.get("name", "")}, {len(loaded.labels)} classes')
+  if lost:
+    print(f'warning: {lost}')
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from vit_jax import app, train
+from vit_jax.data import inputs
 from vit_jax.formats import exporters
 from vit_jax.formats import run_record
 from vit_jax.formats import transfer
@@ -55,9 +56,12 @@ def export(params, config, workdir: str) -> None:
   labels = run_record.read_labels(f'{workdir}/{run_record.LABELS_FILE}')
   for name in exporters.names_in(config.export):
     path = f'{workdir}/{exporters.out_name(name)}'
-    exporters.export(name, host, config.model, path, labels=labels,
-                     image_size=config.image_size)
+    lost = exporters.export(name, host, config.model, path, labels=labels,
+                            image_size=config.image_size,
+                            pp_eval=inputs.filled_op_string(config, 'pp_eval'))
     print(f'exported {path} ({name})')
+    if lost:
+      print(f'warning: {lost}')
 
 
 def main():

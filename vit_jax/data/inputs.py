@@ -28,30 +28,31 @@ class TrainInput(Protocol):
   def metrics(self) -> dict[str, float]: ...
 
 
-def _op_string(config, key: str, sizes: dict) -> str:
-  """config.<key> with its placeholders filled in and its ops parsed, or a
-  ConfigError that names the key."""
-  # The ops module imports TensorFlow, which only tf.data sources need.
-  from vit_jax.data.ops import Preprocess  # pylint: disable=g-import-not-at-top
-  try:
-    pp = config[key].format(**sizes)
-    Preprocess(pp)
-  except KeyError as e:
-    raise ConfigError(f'config.{key}={config[key]!r}: unknown placeholder '
-                      f'{{{e.args[0]}}}; the placeholders are {{image_size}} '
-                      f'and {{resize_size}}.') from None
-  except (ValueError, IndexError) as e:
-    raise ConfigError(f'config.{key}={config[key]!r}: {e}') from None
-  return pp
-
-
-def op_string(config, key: str) -> str:
-  """config.pp_train or config.pp_eval, ready to parse. Op strings may say
+def filled_op_string(config, key: str) -> str:
+  """config.pp_train or config.pp_eval with its placeholders filled in:
   {image_size} and {resize_size} (the eval resize before a central crop:
   256 for 224, as in the ImageNet convention)."""
   sizes = dict(image_size=config.image_size,
                resize_size=config.image_size * 8 // 7)
-  return _op_string(config, key, sizes)
+  try:
+    return config[key].format(**sizes)
+  except KeyError as e:
+    raise ConfigError(f'config.{key}={config[key]!r}: unknown placeholder '
+                      f'{{{e.args[0]}}}; the placeholders are {{image_size}} '
+                      f'and {{resize_size}}.') from None
+
+
+def op_string(config, key: str) -> str:
+  """`filled_op_string`, with its ops parsed: a ConfigError names the key
+  of a string that does not parse."""
+  # The ops module imports TensorFlow, which only tf.data sources need.
+  from vit_jax.data.ops import Preprocess  # pylint: disable=g-import-not-at-top
+  pp = filled_op_string(config, key)
+  try:
+    Preprocess(pp)
+  except (ValueError, IndexError) as e:
+    raise ConfigError(f'config.{key}={config[key]!r}: {e}') from None
+  return pp
 
 
 def open_source(config) -> Source:

@@ -3,7 +3,9 @@ fine-tuning) and `python -m vit_jax.export` (any trained model).
 
 A format names the module that writes it. The module has
   OUT_NAME       the file or folder it writes into a workdir
-  export(params, model_config, out, *, labels, image_size, format_name)
+  export(params, model_config, out, *, labels, image_size, pp_eval,
+         format_name) -> None, or a line saying what the export could not
+         keep of the run (e.g. its preprocessing)
 and may have `refusal(model_config) -> str | None`, the reason a model
 cannot be written in that format (checked before a run starts). A new
 format is one module and one line here.
@@ -37,7 +39,10 @@ def out_name(name: str) -> str:
 
 
 def export(name: str, params, model_config, out: str, *,
-           labels: list[str] | None, image_size: int) -> None:
-  """Writes host `params` (a plain tree) in format `name` at `out`."""
-  module_of(name).export(params, model_config, out, labels=labels,
-                         image_size=image_size, format_name=name)
+           labels: list[str] | None, image_size: int,
+           pp_eval: str | None = None) -> str | None:
+  """Writes host `params` (a plain tree) in format `name` at `out`;
+  returns what the format could not keep of the run, or None."""
+  return module_of(name).export(params, model_config, out, labels=labels,
+                                image_size=image_size, pp_eval=pp_eval,
+                                format_name=name)

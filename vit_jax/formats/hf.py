@@ -6,6 +6,7 @@ the models on the hub.
 
 import json
 import math
+import re
 
 from etils import epath
 import flax.linen as nn
@@ -120,18 +121,61 @@ def hf_state_dict(params: Params, model_config, image_size: int | None = None
   return {k: np.ascontiguousarray(v) for k, v in out.items()}, size
 
 
+_OP = re.compile(r'^(\w+)(?:\((\d+)\))?$')
+# Pixels to [-1, 1], the range of our pp ops' value_range default.
+_TO_SIGNED_UNIT = {'do_rescale': True, 'rescale_factor': 1 / 255,
+                   'do_normalize': True, 'image_mean': [0.5] * 3,
+                   'image_std': [0.5] * 3, 'do_convert_rgb': True}
+_BILINEAR = 2  # PIL.Image.BILINEAR, as our resize ops
+
+
+def preprocessor_config(pp_eval: str | None, size: tuple[int, int]
+                        ) -> tuple[dict, str | None]:
+  """transformers' image-processor configuration that does what the run's
+  eval preprocessing (`pp_eval`, placeholders filled in) does, and None; or,
+  where transformers has no counterpart, a resize to the model's size and
+  the reason in one line.
+
+    decode|resize_small(R)|central_crop(C)  BitImageProcessor: shortest edge
+                                            to R, centre crop C x C
+    decode|resize(S)                        ViTImageProcessor: S x S
+  """
+  ops = [op.strip() for op in (pp_eval or '').split('|') if op.strip()]
+  ops = [op for op in ops if op != 'decode']
+  parsed = [_OP.match(op) for op in ops]
+  names = [m.group(1) if m else op for m, op in zip(parsed, ops)]
+  values = [int(m.group(2)) if m and m.group(2) else None for m in parsed]
+  squash = {'image_processor_type': 'ViTImageProcessor', 'do_resize': True,
+            'size': {'height': size[0], 'width': size[1]},
+            'resample': _BILINEAR, **_TO_SIGNED_UNIT}
+  if names == ['resize_small', 'central_crop'] and None not in values and (
+      (values[1], values[1]) == size):
+    return {'image_processor_type': 'BitImageProcessor',
+            'do_resize': True, 'size': {'shortest_edge': values[0]},
+            'resample': _BILINEAR, 'do_center_crop': True,
+            'crop_size': {'height': values[1], 'width': values[1]},
+            **_TO_SIGNED_UNIT}, None
+  if names == ['resize'] and (values[0], values[0]) == size:
+    return squash, None
+  return squash, (
+      f'the run preprocesses with pp_eval {pp_eval!r}, which transformers\' '
+      f'image processors cannot repeat; preprocessor_config.json resizes '
+      f'every image to {size[0]}x{size[1]} instead')
+
+
 def save_hf(params: Params, model_config, out_dir: str,
-            labels: list[str] | None = None, image_size: int | None = None
-            ) -> None:
+            labels: list[str] | None = None, image_size: int | None = None,
+            pp_eval: str | None = None) -> str | None:
   """Writes a Hugging Face transformers ViT directory: `config.json`,
   `model.safetensors` and `preprocessor_config.json`, which
   `ViTForImageClassification.from_pretrained(out_dir)` loads.
 
   Covers plain ViTs with a class-token head (learned or sincos2d position
   embedding, any patch size, square images); refuses hybrids, 'gap'/'map'
-  heads and a representation layer with ExportNotSupportedError. The
-  preprocessor maps pixels to [-1, 1] (mean 0.5, std 0.5), the range of our
-  pp ops' value_range default. `image_size` is needed only for sincos2d.
+  heads and a representation layer with ExportNotSupportedError.
+  `preprocessor_config.json` repeats the run's `pp_eval` where transformers
+  can (`preprocessor_config`); the returned line says why it cannot, else
+  None. `image_size` is needed only for sincos2d.
   """
   # Only the Hugging Face export needs safetensors.
   from safetensors.numpy import save as safetensors_bytes  # pylint: disable=g-import-not-at-top
@@ -160,12 +204,7 @@ def save_hf(params: Params, model_config, out_dir: str,
       'label2id': {name: i for i, name in enumerate(labels)},
       'torch_dtype': 'float32',
   }
-  preprocessor = {
-      'image_processor_type': 'ViTImageProcessor',
-      'do_resize': True, 'size': {'height': size[0], 'width': size[1]},
-      'resample': 2, 'do_rescale': True, 'rescale_factor': 1 / 255,
-      'do_normalize': True, 'image_mean': [0.5] * 3, 'image_std': [0.5] * 3,
-  }
+  preprocessor, refusal = preprocessor_config(pp_eval, size)
   directory = epath.Path(out_dir)
   directory.mkdir(parents=True, exist_ok=True)
   (directory / 'model.safetensors').write_bytes(
@@ -173,6 +212,7 @@ def save_hf(params: Params, model_config, out_dir: str,
   (directory / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
   (directory / 'preprocessor_config.json').write_text(
       json.dumps(preprocessor, indent=2) + '\n')
+  return refusal
 
 
 # The exporter interface (vit_jax/formats/exporters.py).
@@ -181,6 +221,8 @@ refusal = hf_refusal
 
 
 def export(params: Params, model_config, out: str, *,
-           labels: list[str] | None, image_size: int, format_name: str) -> None:
+           labels: list[str] | None, image_size: int, pp_eval: str | None,
+           format_name: str) -> str | None:
   del format_name
-  save_hf(params, model_config, out, labels=labels, image_size=image_size)
+  return save_hf(params, model_config, out, labels=labels,
+                 image_size=image_size, pp_eval=pp_eval)

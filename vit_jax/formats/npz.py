@@ -342,10 +342,11 @@ OUT_NAME = 'finetuned.npz'
 
 
 def export(params: Params, model_config, out: str, *,
-           labels: list[str] | None, image_size: int, format_name: str) -> None:
+           labels: list[str] | None, image_size: int, pp_eval: str | None,
+           format_name: str) -> None:
   """`out` in layout `format_name`, its class names beside it
   (`run_record.labels_beside`)."""
-  del model_config, image_size  # the layout holds everything
+  del model_config, image_size, pp_eval  # the layout holds the parameters
   save_npz_params(params, out, layout=format_name)
   if labels:
     run_record.write_labels(run_record.labels_beside(out), labels)
