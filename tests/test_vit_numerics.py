@@ -1,5 +1,7 @@
 """Scanned vs per-layer encoders, remat, precision, attention, stochastic depth."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import pytest
 from model_params import build, init_params, randomize
 from tiny_jobs import tiny_model_config
 from vit_jax.formats import npz as checkpoints
-from vit_jax.models.attention import attend, resolve_implementation
+from vit_jax.models.attention import attend, fused_attention, resolve_implementation
 from vit_jax.models.vit import MultiHeadDotProductAttention, PatchEmbedding
 
 
@@ -173,6 +175,22 @@ def test_attend_matches_jax_dot_product_attention_with_gradients():
   loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * g)
   got = jax.grad(loss(attend), argnums=(0, 1, 2))(q, k, v)
   expected = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(got, expected):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize('length', [197, 50, 8])
+def test_padded_and_masked_fused_attention_equals_the_unpadded(length):
+  """What the cuDNN path computes, run through XLA on the CPU: the token
+  axis padded to a multiple of 8 and masked by sequence lengths gives the
+  outputs and gradients of the unpadded attention."""
+  q, k, v, g = (jax.random.normal(jax.random.key(i), (2, length, 3, 16))
+                for i in range(4))
+  padded = functools.partial(fused_attention, implementation='xla')
+  np.testing.assert_allclose(padded(q, k, v), attend(q, k, v), atol=1e-5)
+  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * g)
+  got = jax.grad(loss(padded), argnums=(0, 1, 2))(q, k, v)
+  expected = jax.grad(loss(attend), argnums=(0, 1, 2))(q, k, v)
   for a, b in zip(got, expected):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
