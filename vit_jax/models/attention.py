@@ -61,16 +61,18 @@ ATTENTION_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
 
 
 def resolve_implementation(implementation: Optional[str], dtype: Dtype,
-                           head_dim: int) -> str:
+                           head_dim: int, platform: Optional[str] = None) -> str:
   """'xla' or 'cudnn'. None picks cuDNN's fused kernel on a GPU when it
-  applies (16-bit inputs, head_dim a multiple of 8 up to 128), else 'xla'."""
+  applies (16-bit inputs, head_dim a multiple of 8 up to 128), else 'xla'.
+  `platform` is JAX's default backend unless given (a compile for a GPU on
+  a machine without one)."""
   if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(
         f'unknown attention implementation {implementation!r}; expected one '
         f'of {ATTENTION_IMPLEMENTATIONS} (None picks per platform).')
   if implementation is not None:
     return implementation
-  on_gpu = jax.default_backend() == 'gpu'
+  on_gpu = (platform or jax.default_backend()) == 'gpu'
   half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
   if on_gpu and half and head_dim % 8 == 0 and head_dim <= 128:
     return 'cudnn'

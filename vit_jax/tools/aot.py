@@ -2,18 +2,29 @@
 
   python -m vit_jax.aot --config configs/pretrain.py:model=L/16 --topology v5p:4x4x4 \\
       [--config.mesh.fsdp=16 --config.model.dtype=bfloat16 ...]
+  python -m vit_jax.aot --config configs/pretrain.py:model=B/16,batch_size=256 \\
+      --config.model.dtype=bfloat16 --topology h100
 
-On any machine (this one needs no TPU: `pip install -e ".[tpu-aot]"` brings
-the TPU compiler with libtpu), builds the train state's shapes and
+On any machine (this one needs no TPU or GPU: `pip install -e ".[tpu-aot]"`
+brings the TPU compiler with libtpu, `pip install -e ".[gpu-aot]"` JAX's
+CUDA plugin with its compiler and cuDNN), builds the train state's shapes and
 shardings for the config, lowers and compiles the jitted train step for the
 topology's devices, and prints what one chip would hold (arguments,
 temporaries, outputs), whether that fits its memory, the compiler's FLOPs
-and estimated step time, and the MFU that estimate implies. `cpu-N`
-compiles for N host CPU devices instead. Nothing is allocated.
+and estimated step time, and the MFU that estimate implies. For a GPU
+(`h100`, `h200`, `a100`: one GPU, described by the target-config file of
+that name in vit_jax/tools/gpu_targets/) it also lists the kernels the
+compiler chose (cuDNN fused attention forward and backward, cuBLASLt and
+cuBLAS GEMMs, Triton kernels, fusions). Without autotuning on a device,
+Triton GEMM tiling cannot be chosen, so GPU compiles here use cuBLASLt for
+every matmul, unlike a compile on the GPU itself. `cpu-N` compiles for N
+host CPU devices instead. Nothing is allocated.
 """
 
+import importlib.util
 import json
 import os
+import re
 import sys
 
 from absl import flags
@@ -26,21 +37,45 @@ import jax.numpy as jnp
 from vit_jax import app
 from vit_jax.config import resolve
 from vit_jax.models import flops as flops_lib
+from vit_jax.models.attention import resolve_implementation
 from vit_jax.runtime import devices as devices_lib
+from vit_jax.runtime.user_errors import UserError
 from vit_jax.training import sharding
 from vit_jax.training.state import make_setup
 from vit_jax.training.step import make_train_step
 
 _TOPOLOGY = flags.DEFINE_string(
-    'topology', None, 'TPU topology (v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8) '
-    'or cpu-N.')
+    'topology', None, 'TPU topology (v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8), '
+    'a GPU (h100, h200, a100) or cpu-N.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
 
 GIB = devices_lib.GIB
+GPU_TARGETS = ('h100', 'h200', 'a100')
+GPU_TARGETS_DIR = os.path.join(os.path.dirname(__file__), 'gpu_targets')
+
+
+def cuda_plugin_installed() -> bool:
+  try:
+    return importlib.util.find_spec('jax_plugins.xla_cuda13') is not None
+  except ModuleNotFoundError:  # not even the namespace package
+    return False
+
+
+def gpu_devices(name: str):
+  """The one device of a compile-only CUDA topology for GPU `name`."""
+  if not cuda_plugin_installed():
+    raise UserError(f'--topology {name} compiles with JAX\'s CUDA plugin, '
+                    f'which is not installed; pip install -e ".[gpu-aot]".')
+  with open(os.path.join(GPU_TARGETS_DIR, f'{name}.txtpb')) as f:
+    target_config = f.read()
+  return topologies.get_topology_desc(
+      platform='cuda', target_config=target_config, topology='1x1x1').devices
 
 
 def topology_devices(name: str):
-  """Devices to compile for: a TPU topology description or N CPU devices."""
+  """Devices to compile for: a GPU, a TPU topology or N CPU devices."""
+  if name in GPU_TARGETS:
+    return gpu_devices(name)
   if name.startswith('cpu-'):
     count = int(name[len('cpu-'):])
     if len(jax.devices('cpu')) < count:
@@ -61,8 +96,28 @@ def topology_devices(name: str):
         f'v4:2x2x2, v5e:4x4, v5p:4x4x4 or v6e:8x8.') from None
 
 
+def kernel_inventory(hlo_text: str) -> dict[str, int]:
+  """Counts of the kernels an optimized GPU module calls."""
+  targets = re.findall(r'custom_call_target="([^"]+)"', hlo_text)
+  fused_attention = [t for t in targets if t.startswith('__cudnn$fmha')]
+  return dict(
+      cudnn_attention_forward=sum('Backward' not in t for t in fused_attention),
+      cudnn_attention_backward=sum('Backward' in t for t in fused_attention),
+      cublaslt_gemms=targets.count('__cublas$lt$matmul'),
+      cublas_gemms=targets.count('__cublas$gemm'),
+      triton_kernels=sum('triton' in t for t in targets) + len(
+          re.findall(r'"kind":"__triton', hlo_text)),
+      fusions=len(re.findall(r'= [^=\n]* fusion\(', hlo_text)))
+
+
 def compile_report(config, devices) -> dict:
   """Compiles the train step of `config` for `devices`; returns figures."""
+  on_gpu = devices[0].platform in ('gpu', 'cuda')
+  if on_gpu and config.model.get('attention_implementation') is None:
+    # What the model picks on the GPU itself (here JAX's backend is the CPU).
+    config.model.attention_implementation = resolve_implementation(
+        None, config.model.dtype, config.model.hidden_size // config.model.num_heads,
+        platform='gpu')
   # Synthetic batches of the config's shapes: no data is read.
   resolve.resolve(config, None, log=lambda _: None, num_devices=len(devices))
   mesh = sharding.make_mesh(config.mesh, devices=devices)
@@ -78,7 +133,7 @@ def compile_report(config, devices) -> dict:
   compiled = step.lower(setup.abstract_state, batch).compile()
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
   kind = devices[0].device_kind
   chips = len(devices)
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
@@ -117,7 +172,10 @@ def compile_report(config, devices) -> dict:
       estimated_step_seconds=seconds,
       estimated_mfu=(analytic / seconds / peak) if seconds and peak else None,
       roofline_step_seconds=roofline,
-      roofline_mfu=(analytic / roofline / peak) if roofline and peak else None)
+      roofline_mfu=(analytic / roofline / peak) if roofline and peak else None,
+      attention=config.model.get('attention_implementation'))
+  if on_gpu:
+    report['kernels'] = kernel_inventory(compiled.as_text())
   return report
 
 
@@ -147,11 +205,21 @@ def format_report(r: dict) -> str:
   if r['roofline_step_seconds']:
     lines.append(f'  roofline bound {1e3 * r["roofline_step_seconds"]:.1f} ms, '
                  f'MFU at most {100 * r["roofline_mfu"]:.1f}%')
+  if r.get('kernels'):
+    k = r['kernels']
+    lines.append(
+        f'  kernels ({r["attention"]} attention): cuDNN fused attention '
+        f'{k["cudnn_attention_forward"]} forward, {k["cudnn_attention_backward"]} '
+        f'backward; GEMMs {k["cublaslt_gemms"]} cuBLASLt, {k["cublas_gemms"]} '
+        f'cuBLAS; {k["triton_kernels"]} Triton; {k["fusions"]} fusions')
   return '\n'.join(lines)
 
 
 def main():
-  report = compile_report(app.CONFIG.value, topology_devices(_TOPOLOGY.value))
+  devices = topology_devices(_TOPOLOGY.value)
+  app.console(f'compiling the train step for {_TOPOLOGY.value} '
+              f'({len(devices)} x {devices[0].device_kind}) ...')
+  report = compile_report(app.CONFIG.value, devices)
   print(json.dumps(report) if _JSON.value else format_report(report))
 
 
@@ -165,8 +233,23 @@ def _preset_cpu_devices(argv) -> None:
                                  f' --xla_force_host_platform_device_count={value[4:]}')
 
 
+def _preset_gpu_compile(argv) -> None:
+  """A GPU target compiles on this machine's CPU backend, with cuBLASLt for
+  every matmul (Triton's GEMM tiling needs autotuning on a device)."""
+  if not any(arg.removeprefix('--topology=') in GPU_TARGETS or
+             (arg == '--topology' and i + 1 < len(argv) and argv[i + 1] in GPU_TARGETS)
+             for i, arg in enumerate(argv)):
+    return
+  if not os.environ.get('JAX_PLATFORMS'):
+    # JAX read the environment when it was imported: set the config itself.
+    jax.config.update('jax_platforms', 'cpu')
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_gpu_enable_triton_gemm=false')
+
+
 def run() -> None:
   _preset_cpu_devices(sys.argv)
+  _preset_gpu_compile(sys.argv)
   # Compiling for a topology needs no other process.
   app.run(main, required=('config', 'topology'), distributed=False)
 
