@@ -7,8 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from tiny_jobs import tiny_config
+from vit_jax.data.synthetic import BatchIterator, SyntheticSource
+from vit_jax.training import checkpointer
 from vit_jax.training import event_files as tensorboard_events
 from vit_jax.training import growing_files as run_files
+from vit_jax.training import loop as trainer
 from vit_jax.training import metrics
 
 
@@ -91,3 +95,39 @@ def test_remote_files_are_rewritten_whole_at_most_every_interval(tmp_path, monke
   assert written == []  # within the interval nothing is uploaded
   growing.close()
   assert written == [b'ab']
+
+
+@pytest.mark.parametrize('remote', [False, True])
+def test_a_line_cut_short_by_a_kill_is_removed_when_the_file_is_reopened(
+    tmp_path, monkeypatch, caplog, remote):
+  if remote:  # rewritten whole, as in a bucket
+    monkeypatch.setattr(run_files, 'is_remote', lambda path: True)
+  path = tmp_path / 'metrics.jsonl'
+  path.write_bytes(b'{"step": 1, "loss": 2.5}\n{"step": 2, "loss": 2.3')
+  growing = run_files.GrowingFile(path, lines=True)
+  growing.append(b'{"step": 2, "loss": 2.25}\n')
+  growing.close()
+  assert [json.loads(l) for l in path.read_text().splitlines()] == [
+      {'step': 1, 'loss': 2.5}, {'step': 2, 'loss': 2.25}]
+  assert [r.getMessage().split(' ended in')[1] for r in caplog.records] == [
+      ' a line cut short (23 bytes, from a run that was killed): removed']
+
+
+def test_metrics_up_to_a_checkpoint_are_in_the_bucket_when_it_is_saved(
+    tmp_path, monkeypatch):
+  """A kill right after a checkpoint must not lose a metrics line of a step
+  the rerun will not repeat: the objects are rewritten before each save."""
+  monkeypatch.setattr(run_files, 'is_remote', lambda path: True)
+  seen_at_save = {}
+  save = checkpointer.StateCheckpointer.save
+
+  def save_and_look(self, step, *args, **kwargs):
+    lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+    seen_at_save[step] = [json.loads(l)['step'] for l in lines]
+    return save(self, step, *args, **kwargs)
+  monkeypatch.setattr(checkpointer.StateCheckpointer, 'save', save_and_look)
+  config = tiny_config({'steps': 4, 'checkpoint_steps': 2,
+                        'async_checkpoints': False})
+  trainer.train(config, str(tmp_path), train_data=BatchIterator(SyntheticSource(
+      num_classes=10, image_size=16, batch_size=16)), log=lambda _: None)
+  assert seen_at_save == {2: [1, 2], 4: [1, 2, 3, 4]}

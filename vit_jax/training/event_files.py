@@ -116,6 +116,10 @@ class EventWriter:
     self._file.append(tfrecord(event(time.time(), step, scalars=scalars)))
     self._file.flush()
 
+  def flush(self) -> None:
+    if self._file is not None:
+      self._file.flush(force=True)
+
   def close(self) -> None:
     if self._file is not None:
       self._file.close()

@@ -162,6 +162,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
           write(step, scalars)
       if saving:
         _check_finite(state)
+        # Logs as durable as the checkpoint: a rerun resumes after `step`,
+        # so no record up to it may be lost with an unflushed object.
+        writer.flush()
         checkpointer.save(step, state, train_data.get_state())
       elif checkpointer is not None:
         checkpointer.check_saved()

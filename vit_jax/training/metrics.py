@@ -23,7 +23,7 @@ class MetricWriter:
     if not self.active:
       return
     workdir = str(workdir).rstrip('/')
-    self._jsonl = run_files.GrowingFile(f'{workdir}/metrics.jsonl')
+    self._jsonl = run_files.GrowingFile(f'{workdir}/metrics.jsonl', lines=True)
     self._tb = tensorboard_events.EventWriter(f'{workdir}/tb')
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -32,6 +32,13 @@ class MetricWriter:
     self._jsonl.append((json.dumps({'step': step, **scalars}) + '\n').encode())
     self._jsonl.flush()
     self._tb.write(step, scalars)
+
+  def flush(self) -> None:
+    """Makes every record written so far durable (objects in a bucket are
+    otherwise rewritten at most every REMOTE_FLUSH_SECONDS)."""
+    if self.active:
+      self._jsonl.flush(force=True)
+      self._tb.flush()
 
   def close(self) -> None:
     if self.active:
