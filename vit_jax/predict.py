@@ -41,6 +41,7 @@ from vit_jax.formats import saved_model
 from vit_jax.models import attention_maps
 from vit_jax.models import build_model
 from vit_jax.models.vit import prefix_tokens
+from vit_jax.runtime.paths import write_atomically
 from vit_jax.runtime.user_errors import UserError
 
 _MODEL = flags.DEFINE_string(
@@ -218,7 +219,7 @@ def write_records(records: list[dict], path: str, k: int) -> None:
     text = out.getvalue()
   else:
     text = ''.join(json.dumps(r) + '\n' for r in records)
-  epath.Path(path).write_text(text)
+  write_atomically(path, text)
 
 
 def main():

@@ -16,6 +16,7 @@ from vit_jax.formats import npz as checkpoints
 from vit_jax.formats import run_record
 from vit_jax.models.posemb import sincos2d_posemb
 from vit_jax.models.vit import LAYER_NORM_EPS
+from vit_jax.runtime.paths import replace_directory
 from vit_jax.runtime.user_errors import UserError
 
 Params = checkpoints.Params
@@ -205,13 +206,16 @@ def save_hf(params: Params, model_config, out_dir: str,
       'torch_dtype': 'float32',
   }
   preprocessor, refusal = preprocessor_config(pp_eval, size)
-  directory = epath.Path(out_dir)
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / 'model.safetensors').write_bytes(
-      safetensors_bytes(tensors, metadata={'format': 'pt'}))
-  (directory / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
-  (directory / 'preprocessor_config.json').write_text(
-      json.dumps(preprocessor, indent=2) + '\n')
+  def write_into(folder: str) -> None:
+    directory = epath.Path(folder)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / 'model.safetensors').write_bytes(
+        safetensors_bytes(tensors, metadata={'format': 'pt'}))
+    (directory / 'preprocessor_config.json').write_text(
+        json.dumps(preprocessor, indent=2) + '\n')
+    # Last: transformers reads a folder without config.json as no model.
+    (directory / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
+  replace_directory(out_dir, write_into)
   return refusal
 
 

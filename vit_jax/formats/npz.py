@@ -33,6 +33,7 @@ import flax.linen as nn
 from etils import epath
 
 from vit_jax.formats import run_record
+from vit_jax.runtime.paths import write_atomically
 from vit_jax.runtime.user_errors import UserError
 
 Params = Any  # nested dict of arrays
@@ -332,9 +333,7 @@ def save_npz_params(params: Params, path: str, layout: str = 'vit_jax') -> None:
   """Writes the parameters as an `.npz` in a released layout."""
   buffer = io.BytesIO()
   np.savez(buffer, **export_layout(params, layout))
-  file = epath.Path(path)
-  file.parent.mkdir(parents=True, exist_ok=True)
-  file.write_bytes(buffer.getvalue())
+  write_atomically(path, buffer.getvalue())
 
 
 # The exporter interface (vit_jax/formats/exporters.py).

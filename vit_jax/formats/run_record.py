@@ -10,6 +10,8 @@ import json
 from etils import epath
 import ml_collections
 
+from vit_jax.runtime.paths import write_atomically
+
 CONFIG_FILE = 'config.json'
 LABELS_FILE = 'labels.txt'
 
@@ -34,7 +36,7 @@ def write_labels(path: str, labels: list[str]) -> None:
   if bad:
     raise ValueError(f'class names with line breaks cannot go in a labels '
                      f'file: {bad[:3]}')
-  epath.Path(path).write_text(''.join(f'{name}\n' for name in labels))
+  write_atomically(path, ''.join(f'{name}\n' for name in labels))
 
 
 def write(workdir: str, config: ml_collections.ConfigDict,
@@ -42,8 +44,8 @@ def write(workdir: str, config: ml_collections.ConfigDict,
   """Writes config.json and labels.txt into `workdir` (call on process 0)."""
   directory = epath.Path(workdir)
   directory.mkdir(parents=True, exist_ok=True)
-  (directory / CONFIG_FILE).write_text(
-      config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  write_atomically(directory / CONFIG_FILE,
+                   config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
   write_labels(str(directory / LABELS_FILE), labels)
 
 
