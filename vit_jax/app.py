@@ -33,6 +33,7 @@ from ml_collections import config_flags
 
 from vit_jax.runtime import platform
 from vit_jax.runtime.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
+from vit_jax.config import describe
 from vit_jax.runtime import coordination
 from vit_jax.runtime.user_errors import EXIT_USER_ERROR, UserError
 
@@ -203,9 +204,39 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(EXIT_USER_ERROR)
 
 
+_HELP_FLAGS = ('--help', '-h', '--helpshort', '-?')
+
+
+def _help(argv: list[str], required: Sequence[str]) -> str:
+  """The entry point's docstring, its flags (shared ones first) with their
+  defaults, and, with --config given, every config key with its value and
+  description, as overrides to paste."""
+  _parse_flags([arg for arg in argv if arg not in _HELP_FLAGS])
+  main = sys.modules.get('__main__')
+  lines = [(main.__doc__ or '').strip(), '', 'flags:']
+  ours = [name for name in flags.FLAGS.flags_by_module_dict()
+          if name.startswith('vit_jax') or name in ('__main__', argv[0])]
+  for module in sorted(ours, key=lambda name: name != __name__):
+    for flag in flags.FLAGS.flags_by_module_dict()[module]:
+      default = '' if flag.name == 'config' else f' (default: {flag.default})'
+      need = ' [required]' if flag.name in required else ''
+      lines.append(f'  --{flag.name}: {flag.help}{need}{default}')
+  if CONFIG.value is not None:
+    path = flags.FLAGS['config'].config_filename
+    lines += ['', f'config {flags.FLAGS["config"].serialize().split("=", 1)[1]} '
+              '(each key can be overridden with --config.KEY=VALUE):']
+    lines += describe.describe(CONFIG.value, path)
+  else:
+    lines += ['', 'With --config FILE, --help lists the config\'s keys and values.']
+  return '\n'.join(lines)
+
+
 def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
         distributed: bool = True) -> None:
   """Parses flags and runs `main()` with the start-up and exits above."""
+  if any(arg in _HELP_FLAGS for arg in sys.argv[1:]):
+    print(_help(sys.argv, required))
+    sys.exit(0)
 
   def start(argv):
     if len(argv) > 1:

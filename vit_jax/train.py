@@ -1,6 +1,6 @@
 """Pre-training entry point.
 
-  python -m vit_jax.train --config configs/pretrain.py:model=B/16,dataset=imagenet21k \
+  python -m vit_jax.train --config configs/pretrain.py:model=B/16,dataset=imagenet21k \\
       --workdir gs://bucket/run [--config.batch_size=1024 ...]
 
 Rerunning the same command resumes from the newest checkpoint in --workdir.
