@@ -241,3 +241,24 @@ def test_a_failed_save_is_reported_when_it_fails_in_one_line(tmp_path):
       f'there, then rerun to resume from the last saved checkpoint.')
   # Reported once the background save ended, not at the next save (step 20).
   assert 'step 10/100' in out.stdout and 'step 20/100' not in out.stdout
+
+
+def test_processes_started_with_different_configs_stop_naming_the_keys(tmp_path):
+  port = free_port()
+  procs = []
+  for i, batch in enumerate((32, 64)):
+    with open(tmp_path / f'{i}.out', 'w') as out:
+      procs.append(subprocess.Popen(
+          [sys.executable, '-m', 'vit_jax.train', *DEMO,
+           '--workdir', str(tmp_path / 'run'), f'--config.batch_size={batch}',
+           '--config.total_steps=4', f'--coordinator_address=127.0.0.1:{port}',
+           '--num_processes=2', f'--process_id={i}'],
+          cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.PIPE, text=True))
+  errors = [p.communicate(timeout=300)[1] for p in procs]
+  expected = ('the processes of this job were started with different configs '
+              '(1 key differs: batch_size: process 0 32, process 1 64); start '
+              'every process with the same --config and overrides.')
+  for proc, err in zip(procs, errors):
+    assert proc.returncode == 2, err[-2000:]
+    assert expected in one_error_line(err)
+  assert not (tmp_path / 'run' / 'checkpoints').exists()

@@ -4,12 +4,15 @@ count, eval split, example count), the values left at None are derived
 (`vit_jax.config.derived`), and the whole is checked again.
 """
 
+import json
 from typing import Callable
 
 import jax
 
 from vit_jax.config import checks, derived
 from vit_jax.data.registry import DatasetNotFoundError, Source
+from vit_jax.runtime import coordination
+from vit_jax.runtime.user_errors import UserError
 
 
 def resolve(config, source: Source | None, *, log: Callable[[str], None] = print,
@@ -22,6 +25,44 @@ def resolve(config, source: Source | None, *, log: Callable[[str], None] = print
   resolve_from_data(config, source, log)
   derived.fill(config, log)
   checks.check_config(config, num_devices)
+  if coordination.multiprocess():
+    agree_across_processes(config)
+
+
+class ConfigMismatchError(UserError):
+  """The processes of one job resolved different configs."""
+
+
+def agree_across_processes(config) -> None:
+  """Every process publishes its resolved config and compares all of them
+  with process 0's, so every process stops with the same line: processes
+  started with other flags would otherwise train another model without a
+  word, or wait for each other forever (another step count)."""
+  flat = {key: repr(value) for key, value in _leaves(config.to_dict(), '')}
+  coordination.publish(f'vit_jax/config/{jax.process_index()}', json.dumps(flat))
+  configs = [json.loads(coordination.wait_for(f'vit_jax/config/{p}'))
+             for p in range(jax.process_count())]
+  first = configs[0]
+  for other, seen in enumerate(configs):
+    differ = sorted(k for k in set(seen) | set(first) if seen.get(k) != first.get(k))
+    if not differ:
+      continue
+    shown = '; '.join(f'{k}: process 0 {first.get(k, "unset")}, process '
+                      f'{other} {seen.get(k, "unset")}' for k in differ[:3])
+    more = f'; and {len(differ) - 3} more' if len(differ) > 3 else ''
+    raise ConfigMismatchError(
+        f'the processes of this job were started with different configs '
+        f'({len(differ)} {"keys differ" if len(differ) > 1 else "key differs"}: '
+        f'{shown}{more}); start every process with '
+        f'the same --config and overrides.')
+
+
+def _leaves(tree, prefix: str):
+  if isinstance(tree, dict):
+    for key, child in sorted(tree.items()):
+      yield from _leaves(child, f'{prefix}.{key}' if prefix else key)
+  else:
+    yield prefix, tree
 
 
 def split_or_none(split: str | None) -> str | None:
