@@ -2,6 +2,7 @@
 busy coordinator port, a second run on a live workdir, an error on one
 host, a checkpoint one host cannot read, Ctrl-C."""
 
+import json
 import os
 import shutil
 import signal
@@ -68,6 +69,33 @@ def test_a_live_workdir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path):
   assert (f'taking over the lock of a run that is no longer alive (process '
           f'{first.pid}') in third.stdout
   assert not (workdir / 'lock.json').exists()  # released at the end
+
+
+def test_the_lock_is_a_lease_its_holder_renews_and_loses_to_another_token(tmp_path):
+  """Deleted under a live run, lock.json comes back with the holder's token
+  at the next renewal; taken by another run meanwhile (another token in
+  it), the holder stops with one line instead of both writing the workdir."""
+  workdir = tmp_path / 'run'
+  first = start(*DEMO, f'--workdir={workdir}', log=tmp_path / 'first.out')
+  wait_for_line(tmp_path / 'first.out', 'step 2/', proc=first)
+  lock = workdir / 'lock.json'
+  token = json.loads(lock.read_text())['token']
+  lock.unlink()
+  deadline = time.time() + 60
+  while not lock.exists() and time.time() < deadline:
+    time.sleep(0.2)
+  assert json.loads(lock.read_text())['token'] == token
+  other = {'host': 'other-host', 'pid': 4242, 'token': 'another-run',
+           'started': time.time(), 'renewed': time.time()}
+  lock.write_text(json.dumps(other))
+  _, err = first.communicate(timeout=120)
+  assert first.returncode == 2
+  assert one_error_line(err) == (
+      f'error: the lock of workdir {workdir} was taken by another run (process '
+      f'4242 on host other-host) after {lock} was deleted; this run stops '
+      f"without saving so as not to overwrite that run's checkpoints. Rerun "
+      f'once that run is done, or use another --workdir.')
+  assert json.loads(lock.read_text()) == other  # left to its holder
 
 
 def _folder_with_a_corrupt_image_for_process_1(root):

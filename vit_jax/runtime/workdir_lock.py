@@ -7,19 +7,27 @@ RENEW_SECONDS. A second run refuses to start while the holder lives: on
 the same host, while its process exists; from another host, while the
 lease was renewed within LEASE_SECONDS. A lock whose holder is dead is
 taken over with one line saying so.
+
+The lock is a lease with a token: each renewal first reads the file, and a
+run that finds another run's token there (its lock was deleted and taken)
+stops at once with one line, without saving, so that only one run ever
+writes the workdir; a lock file that is gone is written again by its
+holder. A run that takes the lock reads it back, so of two runs starting
+together only one goes on.
 """
 
 import contextlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 
 from etils import epath
 
-from vit_jax.runtime.user_errors import UserError
+from vit_jax.runtime.user_errors import EXIT_USER_ERROR, UserError
 
 LOCK_FILE = 'lock.json'
 RENEW_SECONDS = 15.0
@@ -40,6 +48,13 @@ def _process_exists(pid: int) -> bool:
   return True
 
 
+def _read(path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (ValueError, OSError):
+    return {}
+
+
 def holder_alive(holder: dict, now: float) -> bool:
   if holder.get('host') == socket.gethostname():
     return _process_exists(int(holder.get('pid', -1)))
@@ -52,10 +67,7 @@ def held(workdir: str, log=print):
   path = epath.Path(workdir) / LOCK_FILE
   now = time.time()
   if path.exists():
-    try:
-      holder = json.loads(path.read_text())
-    except (ValueError, OSError):
-      holder = {}
+    holder = _read(path)
     if holder_alive(holder, now):
       raise WorkdirBusyError(
           f'workdir {workdir} is in use by another run (process '
@@ -70,11 +82,27 @@ def held(workdir: str, log=print):
   mine = dict(host=socket.gethostname(), pid=os.getpid(), token=uuid.uuid4().hex,
               started=now, renewed=now)
   path.write_text(json.dumps(mine))
+  holder = _read(path)
+  if holder.get('token') != mine['token']:
+    raise WorkdirBusyError(
+        f'workdir {workdir} was taken by another run starting at the same '
+        f'time (process {holder.get("pid")} on host {holder.get("host")}); '
+        f'pass another --workdir.')
   stop = threading.Event()
 
   def renew():
     while not stop.wait(RENEW_SECONDS):
       try:
+        holder = _read(path) if path.exists() else mine
+        if holder.get('token') != mine['token'] and not stop.is_set():
+          # Another run writes this workdir now: write nothing more.
+          print(f'error: the lock of workdir {workdir} was taken by another '
+                f'run (process {holder.get("pid")} on host '
+                f'{holder.get("host")}) after {path} was deleted; this run '
+                f'stops without saving so as not to overwrite that run\'s '
+                f'checkpoints. Rerun once that run is done, or use another '
+                f'--workdir.', file=sys.stderr, flush=True)
+          os._exit(EXIT_USER_ERROR)  # pylint: disable=protected-access
         path.write_text(json.dumps({**mine, 'renewed': time.time()}))
       except Exception:  # pylint: disable=broad-except
         pass  # a missed renewal only shortens the lease; try again later
