@@ -21,7 +21,8 @@ class DeviceSpec:
 # reports its kind as 'TPU v5').
 DEVICE_SPECS = {
     'NVIDIA H200': DeviceSpec(989e12, 141e9, 4.8e12),
-    'NVIDIA H100': DeviceSpec(989e12, 80e9, 3.35e12),
+    'NVIDIA H100': DeviceSpec(989e12, 80e9, 3.35e12),  # 80 GB as sold
+    'NVIDIA A100-SXM4-80GB': DeviceSpec(312e12, 80 * GIB, 2.04e12),
     'NVIDIA A100': DeviceSpec(312e12, None, 2.04e12),
     'TPU v6 lite': DeviceSpec(918e12, 32 * GIB, 1640e9),
     'TPU v5 lite': DeviceSpec(197e12, 16 * GIB, 819e9),
