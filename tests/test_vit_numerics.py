@@ -168,15 +168,21 @@ def test_patch_embedding_is_the_strided_convolution(patch):
   np.testing.assert_allclose(got, expected.reshape(got.shape), atol=1e-5, rtol=1e-5)
 
 
-def test_attend_matches_jax_dot_product_attention_with_gradients():
-  q, k, v, g = (jax.random.normal(jax.random.key(i), (2, 7, 3, 16)) for i in range(4))
-  reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='xla')
-  np.testing.assert_allclose(attend(q, k, v), reference(q, k, v), atol=1e-5)
+def assert_same_attention(f, reference, length):
+  """Outputs and gradients of `f` equal `reference`'s to 1e-5."""
+  q, k, v, g = (jax.random.normal(jax.random.key(i), (2, length, 3, 16))
+                for i in range(4))
+  np.testing.assert_allclose(f(q, k, v), reference(q, k, v), atol=1e-5)
   loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * g)
-  got = jax.grad(loss(attend), argnums=(0, 1, 2))(q, k, v)
+  got = jax.grad(loss(f), argnums=(0, 1, 2))(q, k, v)
   expected = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
   for a, b in zip(got, expected):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_attend_matches_jax_dot_product_attention_with_gradients():
+  assert_same_attention(attend, functools.partial(
+      jax.nn.dot_product_attention, implementation='xla'), length=7)
 
 
 @pytest.mark.parametrize('length', [197, 50, 8])
@@ -184,15 +190,8 @@ def test_padded_and_masked_fused_attention_equals_the_unpadded(length):
   """What the cuDNN path computes, run through XLA on the CPU: the token
   axis padded to a multiple of 8 and masked by sequence lengths gives the
   outputs and gradients of the unpadded attention."""
-  q, k, v, g = (jax.random.normal(jax.random.key(i), (2, length, 3, 16))
-                for i in range(4))
-  padded = functools.partial(fused_attention, implementation='xla')
-  np.testing.assert_allclose(padded(q, k, v), attend(q, k, v), atol=1e-5)
-  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * g)
-  got = jax.grad(loss(padded), argnums=(0, 1, 2))(q, k, v)
-  expected = jax.grad(loss(attend), argnums=(0, 1, 2))(q, k, v)
-  for a, b in zip(got, expected):
-    np.testing.assert_allclose(a, b, atol=1e-5)
+  assert_same_attention(functools.partial(fused_attention, implementation='xla'),
+                        attend, length)
 
 
 def test_attention_implementation_per_platform(monkeypatch):
