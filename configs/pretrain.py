@@ -101,6 +101,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Steps whose loss or gradient norm is NaN/Inf may leave the state as it
   # was, up to this many times; the next one stops the run.
   config.skip_nonfinite_updates = 0
+  # When every checkpoint in the workdir is damaged: False stops with one
+  # line, True starts the run over from step 0.
+  config.restart_if_unrestorable = False
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='adam', b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0,

@@ -56,19 +56,51 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   run_tiny(options, workdir)
   checkpoints = workdir / 'checkpoints'
   assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ['6', '8']
-  # Truncate every array file of the newest checkpoint, as a write cut short
-  # by a crash would leave it.
-  damaged = [f for f in (checkpoints / '8' / 'state').rglob('*')
-             if f.is_file() and f.stat().st_size > 0 and 'd' == f.parent.name]
-  assert damaged
-  for f in damaged:
-    f.write_bytes(f.read_bytes()[:10])
+  _truncate_arrays(checkpoints / '8')
   out = run_tiny_process(options, workdir)
   assert 'checkpoint at step 8' in out.stdout and 'cannot be restored' in out.stdout
   assert 'resumed from step 6' in out.stdout
   assert (checkpoints / '8.damaged').is_dir()  # kept for inspection
   summary = json.loads(out.stdout.split('SUMMARY ')[-1])
   assert summary['digest'] == straight['digest']
+
+
+def _truncate_arrays(checkpoint):
+  # Every array file, cut as a write cut short by a crash would leave it.
+  files = [f for f in (checkpoint / 'state').rglob('*')
+           if f.is_file() and f.stat().st_size > 0 and 'd' == f.parent.name]
+  assert files
+  for f in files:
+    f.write_bytes(f.read_bytes()[:10])
+
+
+def test_when_no_checkpoint_restores_the_run_stops_unless_told_to_start_over(tmp_path):
+  options = {'steps': 4, 'checkpoint_steps': 2, 'async_checkpoints': False}
+  run_tiny(options, tmp_path)
+  checkpoints = tmp_path / 'checkpoints'
+  for step in ('2', '4'):
+    _truncate_arrays(checkpoints / step)
+
+  def train(**overrides):
+    config = tiny_config(options)
+    config.update(overrides)
+    lines = []
+    trainer.train(config, str(tmp_path), log=lines.append, train_data=BatchIterator(
+        SyntheticSource(num_classes=10, image_size=16, batch_size=16)))
+    return lines
+  expected = (f'no checkpoint in {checkpoints} can be restored (set aside: '
+              '2.damaged, 4.damaged); to start this run over from step 0, '
+              'rerun with --config.restart_if_unrestorable=True')
+  for _ in range(2):  # the rerun finds only what the first attempt set aside
+    with pytest.raises(UserError) as error:
+      train()
+    assert str(error.value).startswith(expected)
+  lines = train(restart_if_unrestorable=True)
+  assert f'no checkpoint in {checkpoints} can be restored; starting over from ' \
+         'step 0 (restart_if_unrestorable)' in lines
+  assert lines[-1].startswith('step 4/4')
+  assert sorted(p.name for p in checkpoints.iterdir()) == [
+      '2', '2.damaged', '4', '4.damaged']
 
 
 def _saved_steps(workdir):

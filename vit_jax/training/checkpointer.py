@@ -93,10 +93,14 @@ class StateCheckpointer:
         data=ocp.args.JsonRestore()))
     return restored['state'], restored['data']
 
-  def restore_newest_intact(self, abstract_state: Any, log=print
+  def restore_newest_intact(self, abstract_state: Any, log=print, *,
+                            restart_if_unrestorable: bool = False
                             ) -> tuple[int, Any, dict] | None:
     """(step, state, data state) of the newest checkpoint that restores, or
-    None when there is none. A damaged checkpoint (a write cut short,
+    None when there is none. When there are checkpoints but none restores
+    (or only damaged ones are left from an earlier attempt), the run stops
+    with NoUsableCheckpointError, unless `restart_if_unrestorable` says to
+    start over. A damaged checkpoint (a write cut short,
     missing or truncated files) is reported and moved aside to
     `<step>.damaged`, never deleted, and the previous one is tried. With
     several processes that takes every process failing to read it: one
@@ -117,6 +121,17 @@ class StateCheckpointer:
             f'restored ({reason}); keeping it as {step}.damaged and trying '
             f'the previous one')
         self._set_aside(step)
+    damaged = sorted(p.name for p in self._directory.iterdir()
+                     if '.damaged' in p.name) if self._directory.exists() else []
+    if damaged and not restart_if_unrestorable:
+      raise NoUsableCheckpointError(
+          f'no checkpoint in {self._directory} can be restored (set aside: '
+          f'{", ".join(damaged)}); to start this run over from step 0, rerun '
+          f'with --config.restart_if_unrestorable=True, or use another '
+          f'--workdir.')
+    if damaged:
+      log(f'no checkpoint in {self._directory} can be restored; starting '
+          f'over from step 0 (restart_if_unrestorable)')
     return None
 
   def _check_param_shapes(self, step: int, abstract_state: Any) -> None:
@@ -161,6 +176,10 @@ class StateCheckpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class NoUsableCheckpointError(UserError):
+  """The workdir has checkpoints, and none of them restores."""
 
 
 class CheckpointSaveError(UserError):

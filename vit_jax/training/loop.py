@@ -85,7 +85,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
         workdir, save_every=config.checkpoint_steps,
         keep=config.keep_checkpoints, keep_every=config.keep_every,
         async_save=config.async_checkpoints)
-    restored = checkpointer.restore_newest_intact(setup.abstract_state, log)
+    restored = checkpointer.restore_newest_intact(
+        setup.abstract_state, log,
+        restart_if_unrestorable=config.get('restart_if_unrestorable', False))
     if restored is not None:
       latest, state, data_state = restored
       train_data.set_state(data_state)
