@@ -187,3 +187,44 @@ def test_processes_probing_one_workdir_at_once_all_pass(tmp_path):
   for out in outs:
     assert out.returncode == 0, out.stderr[-2000:]
   assert list(workdir.iterdir()) == []
+
+
+def test_config_files_that_cannot_load_are_one_error_with_the_place(tmp_path):
+  (tmp_path / 'syntax.py').write_text('def get_config(:\n')
+  (tmp_path / 'name.py').write_text('import ml_collections\n\n'
+                                    'def get_config():\n  return undefined_name\n')
+  cases = [
+      (['--config', 'configs/nosuch.py'], ROOT,
+       f'error: --config configs/nosuch.py: no file configs/nosuch.py (paths '
+       f'are relative to the current directory, {ROOT}); the configs of this '
+       f'checkout are in {ROOT}/configs, e.g. --config {ROOT}/configs/demo.py.'),
+      (['--config', 'configs/demo.py'], tmp_path,
+       f'error: --config configs/demo.py: no file configs/demo.py (paths are '
+       f'relative to the current directory, {tmp_path}); the configs of this '
+       f'checkout are in {ROOT}/configs'),
+      (['--config', 'configs/custom.py'], ROOT,
+       'error: --config configs/custom.py: configs/custom.py needs data=PATH'),
+      (['--config', 'configs/pretrain.py:model=B/17x'], ROOT,
+       "error: --config configs/pretrain.py:model=B/17x: unknown model 'B/17x'"),
+      (['--config', str(tmp_path / 'name.py')], ROOT,
+       f"error: --config {tmp_path / 'name.py'}: {tmp_path / 'name.py'}:4: "
+       "NameError: name 'undefined_name' is not defined"),
+  ]
+
+  def run(case):
+    args, cwd, _ = case
+    return run_module('vit_jax.train', *args, '--workdir', str(tmp_path / 'w'),
+                      check=False, timeout=300, cwd=cwd)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    outs = list(pool.map(run, cases))
+  for (_, _, expected), out in zip(cases, outs):
+    assert out.returncode == 2 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+    lines = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
+    assert len(lines) == 1 and lines[0].startswith(expected), (expected, lines)
+  syntax = run_module('vit_jax.train', '--config', str(tmp_path / 'syntax.py'),
+                      check=False, timeout=300)
+  assert syntax.returncode == 2
+  assert syntax.stderr.strip().splitlines()[-3:] == [
+      f'error: {tmp_path / "syntax.py"}:1: SyntaxError: invalid syntax (the --config file)',
+      '    def get_config(:', '                   ^']
+  assert not (tmp_path / 'w').exists()

@@ -34,6 +34,7 @@ from ml_collections import config_flags
 from vit_jax.runtime import platform
 from vit_jax.runtime.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
 from vit_jax.config import describe
+from vit_jax.config import files as config_files
 from vit_jax.runtime import coordination
 from vit_jax.runtime.user_errors import EXIT_USER_ERROR, UserError
 
@@ -196,12 +197,33 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, where a bad flag (a required one missing, a
   config override of a key that does not exist or of the wrong type) is a
   user error: one line, exit 2, before anything runs."""
+  config_flag = _config_flag(argv)
+  problem = config_files.file_problem(config_flag) if config_flag else None
+  if problem:
+    print(f'error: {problem}', file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-    print(f'error: {_flag_error(e)}; see --helpfull for the flags',
-          file=sys.stderr, flush=True)
+  except Exception as e:  # pylint: disable=broad-except
+    if config_flag and config_files.raised_by(config_flag, e):
+      text = config_files.load_problem(config_flag, e)
+    elif isinstance(e, (flags.Error, KeyError, AttributeError, TypeError,
+                        ValueError)):
+      text = f'{_flag_error(e)}; see --help for the flags'
+    else:
+      raise
+    print(f'error: {text}', file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
+
+
+def _config_flag(argv: list[str]) -> str | None:
+  """The --config value in `argv`, if any."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
 
 
 _HELP_FLAGS = ('--help', '-h', '--helpshort', '-?')
