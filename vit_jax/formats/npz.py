@@ -237,24 +237,27 @@ def _describe_mismatch(expected: Mapping[str, tuple], found: Mapping[str, tuple]
   unexpected = sorted(set(found) - set(expected))
   wrong = sorted(k for k in set(expected) & set(found)
                  if tuple(expected[k]) != tuple(found[k]))
-  lines = [f'checkpoint {source} does not match the model:']
+  def summary(count_and_what, items):
+    shown = '; '.join(items[:3]) + (f'; and {len(items) - 3} more'
+                                    if len(items) > 3 else '')
+    return f'{count_and_what}: {shown}'
+  parts = []
   if missing:
-    lines.append(f'  {len(missing)} parameters missing from the checkpoint:')
-    lines += [f'    {k} {tuple(expected[k])}' for k in missing]
+    parts.append(summary(f'{len(missing)} parameters missing from the checkpoint',
+                         [f'{k} {tuple(expected[k])}' for k in missing]))
   if unexpected:
-    lines.append(f'  {len(unexpected)} checkpoint parameters not in the model:')
-    lines += [f'    {k} {tuple(found[k])}' for k in unexpected]
+    parts.append(summary(f'{len(unexpected)} checkpoint parameters not in the model',
+                         [f'{k} {tuple(found[k])}' for k in unexpected]))
   if wrong:
-    lines.append(f'  {len(wrong)} parameters with a different shape '
-                 f'(model vs checkpoint):')
-    lines += [f'    {k} {tuple(expected[k])} vs {tuple(found[k])}'
-              for k in wrong]
-  if len(lines) == 1:
+    parts.append(summary(
+        f'{len(wrong)} parameters with a different shape (model vs checkpoint)',
+        [f'{k} {tuple(expected[k])} vs {tuple(found[k])}' for k in wrong]))
+  if not parts:
     return ''
-  lines.append('  Build the model variant the checkpoint was saved from '
-               '(config.model), or fine-tune with a head swap / position '
-               'embedding resize.')
-  return '\n'.join(lines)
+  return (f'checkpoint {source} does not match the model: ' + '. '.join(parts)
+          + '. Build the model variant the checkpoint was saved from '
+          '(config.model), or fine-tune with a head swap / position embedding '
+          'resize.')
 
 
 def match_params(flat: FlatParams, reference_params: Params,
