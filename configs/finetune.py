@@ -57,6 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       name='sgd', momentum=0.9, first_moment_dtype='bfloat16',
       grad_clip_norm=1.0, weight_decay=0.0,
+      # Layer-wise lr decay (e.g. 0.75, as BEiT / MAE fine-tune): block i of
+      # L gets decay^(L - i) of the rate, the embeddings decay^(L + 1).
+      layer_decay=ml_collections.FieldReference(None, field_type=float),
       freeze=()))  # regexes (full match) of parameters that stay fixed
   # The recipe's warmup as a fraction, so it follows --config.total_steps.
   config.schedule = ml_collections.ConfigDict(dict(

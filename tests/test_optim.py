@@ -91,3 +91,43 @@ def test_frozen_gradients_are_left_out_of_the_global_norm_clip():
   np.testing.assert_allclose(
       updates['head']['kernel'],
       -0.1 * 3.0 / float(optax.tree.norm(grads)), rtol=1e-6)
+
+
+def test_layer_decay_multipliers_of_every_vit_b16_parameter_follow_mae():
+  """MAE's param_groups_lrd (BEiT's scheme) with decay 0.75 on the 12
+  blocks of B/16: block i gets 0.75^(12 - i), the embeddings 0.75^13, the
+  final norm and head 1; every one of its parameters is checked."""
+  from model_params import abstract_params  # pylint: disable=g-import-not-at-top
+  from vit_jax.formats.npz import flatten_params  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  from vit_jax.models.variants import get_model_config  # pylint: disable=g-import-not-at-top
+  params = abstract_params(build_model(get_model_config('B/16'), 1000))
+  got = flatten_params(optim.layer_decay_multipliers(params, 0.75))
+  assert len(got) == 12 * 16 + 8
+
+  def expected(name):
+    if name.startswith('Transformer/encoderblock_'):
+      return 0.75 ** (12 - int(name.split('/')[1].split('_')[1]))
+    if name.split('/')[0] in ('cls', 'embedding') or 'posembed_input' in name:
+      return 0.75 ** 13
+    assert name.split('/')[0] in ('head',) or 'encoder_norm' in name, name
+    return 1.0
+  for name, multiplier in got.items():
+    np.testing.assert_allclose(multiplier, expected(name), rtol=1e-12, err_msg=name)
+
+
+def test_layer_decay_scales_updates_per_layer_also_for_scanned_blocks():
+  from model_params import abstract_params  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  from tiny_jobs import tiny_model_config  # pylint: disable=g-import-not-at-top
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_params(
+      build_model(tiny_model_config(scan=True), 10), (1, 16, 16, 3)))
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = optim.make_optimizer({'name': 'sgd', 'momentum': 0.0, 'layer_decay': 0.5},
+                            lambda step: 0.1)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  kernel = updates['Transformer']['encoderblock']['MlpBlock_0']['Dense_0']['kernel']
+  assert kernel.shape[0] == 3  # the layer axis
+  np.testing.assert_allclose(kernel[:, 0, 0], [-0.1 * 0.5**3, -0.1 * 0.5**2, -0.1 * 0.5])
+  np.testing.assert_allclose(updates['embedding']['kernel'], -0.1 * 0.5**4)
+  np.testing.assert_allclose(updates['head']['kernel'], -0.1)

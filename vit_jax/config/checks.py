@@ -143,6 +143,9 @@ def check_config(config, num_devices: int) -> None:
   optimizer = config.optimizer
   _one_of('optimizer.name', optimizer.name, optim.OPTIMIZERS)
   _number('optimizer.weight_decay', optimizer.get('weight_decay', 0.), low=0.)
+  if optimizer.get('layer_decay') is not None:
+    _number('optimizer.layer_decay', optimizer.layer_decay, low=0., high=1.,
+            low_open=True)
   if optimizer.get('grad_clip_norm') is not None:
     _number('optimizer.grad_clip_norm', optimizer.grad_clip_norm, low=0.)
   _one_of('optimizer.first_moment_dtype', optimizer.get('first_moment_dtype'),

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from vit_jax.formats.npz import flatten_params, unflatten_params
@@ -83,6 +84,53 @@ def decay_mask(params: Any, no_decay: Sequence[str]) -> Any:
       {k: not any(p.fullmatch(k) for p in patterns) for k in flat})
 
 
+# Parameters before the first encoder block: the patch embedding (or a
+# hybrid's ResNet stem), the class token and the position embedding.
+_EMBEDDING = re.compile(r'^(embedding|cls|conv_root|gn_root|block\d+|'
+                        r'pos_embedding|Transformer/posembed_input)(/|$)')
+_BLOCK = re.compile(r'^Transformer/encoderblock_(\d+)/')
+_SCANNED_BLOCKS = re.compile(r'^Transformer/encoderblock/')
+
+
+def layer_decay_multipliers(params: Any, decay: float) -> Any:
+  """Layer-wise learning-rate decay as MAE fine-tunes ViTs (He et al. 2022,
+  `param_groups_lrd`; BEiT's scheme): with L encoder blocks, block i
+  (0-based) gets decay^(L - i), the embeddings (patch embedding or hybrid
+  stem, class token, position embedding) decay^(L + 1), and what follows
+  the blocks (the final norm, pre-logits, head) 1. Scanned blocks (a
+  leading layer axis) get one multiplier per layer along that axis."""
+  flat = flatten_params(params)
+  depths = [int(m.group(1)) + 1 for m in map(_BLOCK.match, flat) if m]
+  scanned = [np.shape(v)[0] for k, v in flat.items() if _SCANNED_BLOCKS.match(k)]
+  num_layers = max(depths + scanned, default=0)
+
+  def multiplier(name, value):
+    block = _BLOCK.match(name)
+    if block:
+      return decay ** (num_layers - int(block.group(1)))
+    if _SCANNED_BLOCKS.match(name):
+      per_layer = decay ** (num_layers - np.arange(num_layers, dtype=np.float64))
+      return per_layer.reshape((-1,) + (1,) * (np.ndim(value) - 1)).astype(np.float32)
+    if _EMBEDDING.match(name):
+      return decay ** (num_layers + 1)
+    return 1.0
+  return unflatten_params({k: multiplier(k, v) for k, v in flat.items()})
+
+
+def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by its `layer_decay_multipliers`."""
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    multipliers = layer_decay_multipliers(updates, decay)
+    return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates,
+                        multipliers), state
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def make_optimizer(optimizer_config: Mapping[str, Any],
                    schedule: Callable[[jax.Array], jax.Array]
                    ) -> optax.GradientTransformation:
@@ -119,6 +167,10 @@ def make_optimizer(optimizer_config: Mapping[str, Any],
     chain.append(optax.add_decayed_weights(
         weight_decay, mask=lambda p: decay_mask(p, no_decay)))
   chain.append(optax.scale_by_learning_rate(schedule))
+  layer_decay = optimizer_config.get('layer_decay')
+  if layer_decay is not None:
+    # After the learning rate: the decoupled weight decay shrinks with it.
+    chain.append(scale_by_layer_decay(layer_decay))
   if freeze:
     # Parameters whose name fully matches a `freeze` regex never move.
     chain.append(optax.masked(optax.set_to_zero(), lambda p: jax.tree.map(
