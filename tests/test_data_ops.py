@@ -190,3 +190,53 @@ def test_two_batch_ops_choose_one_per_batch():
     changed = (out['image'].numpy() != _batch()['image'].numpy()).any(-1)
     results.add('cutmix' if not changed.all() else 'mixup')
   assert results == {'mixup', 'cutmix'}
+
+
+def _published_random_erasing(rng, height, width, probability=0.25,
+                              scale=(0.02, 1 / 3), ratio=(0.3, 3.3), attempts=10):
+  """Random erasing as published (Zhong et al. 2020, Alg. 1) and as timm's
+  RandomErasing draws it: (h, w) of the erased box, or None."""
+  if rng.uniform() >= probability:
+    return None
+  for _ in range(attempts):
+    area = rng.uniform(*scale) * height * width
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    h, w = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+    if h < height and w < width:
+      return h, w
+  return None
+
+
+def test_random_erasing_draws_the_published_boxes():
+  """1,000 draws on a 48x64 image against the published algorithm's
+  distribution (200,000 draws): how often a box is erased, its area
+  fraction and its aspect, and that each box is one filled rectangle."""
+  height, width = 48, 64
+  image = tf.zeros([height, width, 3], tf.uint8)
+  boxes = []
+  for i in range(1000):
+    out = _run('value_range|random_erase(0.25)', image,
+               tf.constant([3, i], tf.int64))['image'].numpy()
+    erased = np.any(out != -1.0, axis=-1)
+    if erased.any():
+      rows, cols = np.flatnonzero(erased.any(1)), np.flatnonzero(erased.any(0))
+      h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+      assert erased.sum() == h * w  # one rectangle, every pixel refilled
+      boxes.append((h, w))
+    else:
+      boxes.append(None)
+  rng = np.random.default_rng(0)
+  reference = [_published_random_erasing(rng, height, width) for _ in range(200_000)]
+
+  def stats(draws):
+    kept = [b for b in draws if b is not None]
+    area = np.array([h * w / (height * width) for h, w in kept])
+    log_aspect = np.array([np.log(h / w) for h, w in kept])
+    return len(kept) / len(draws), area, log_aspect
+  rate, area, log_aspect = stats(boxes)
+  ref_rate, ref_area, ref_log_aspect = stats(reference)
+  assert abs(rate - ref_rate) < 3 * np.sqrt(ref_rate * (1 - ref_rate) / 1000)
+  assert abs(area.mean() - ref_area.mean()) < 3 * ref_area.std() / np.sqrt(len(area))
+  assert abs(log_aspect.mean() - ref_log_aspect.mean()) < (
+      3 * ref_log_aspect.std() / np.sqrt(len(log_aspect)))
+  assert area.min() >= ref_area.min() - 1e-9 and area.max() <= ref_area.max() + 1e-9

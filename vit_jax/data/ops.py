@@ -1,6 +1,7 @@
 """Preprocessing ops selected by an op string.
 
   'decode_inception_crop(224)|flip_lr|randaug(2,15)|mixup(0.2)'
+  'decode_inception_crop(224)|flip_lr|randaug(2,9)|value_range|random_erase(0.25)'
 
 Per-example ops work on {'image': ..., 'label': ...} dicts with uint8 images
 (encoded bytes before a decode op) and take a per-example stateless seed, so
@@ -170,6 +171,48 @@ def value_range(low=-1.0, high=1.0):
   def op(image, seed):
     image = tf.cast(_decode_full(image), tf.float32) / 255.0
     return image * (high - low) + low
+  return _on_image(op)
+
+
+@_example_op
+def random_erase(probability=0.25, area_min=0.02, area_max=1 / 3,
+                 aspect_min=0.3, aspect_max=3.3, attempts=10):
+  """Random erasing (Zhong et al. 2020) as DeiT trains with it (timm's
+  RandomErasing, 'pixel' mode, one box): with `probability`, a box of
+  uniform(area_min, area_max) of the image's area and log-uniform aspect
+  (height / width) in [aspect_min, aspect_max] is drawn, up to `attempts`
+  times until it fits, and filled with per-pixel standard-normal noise (in
+  the [-1, 1] pixels after value_range; uniform bytes on uint8 images)."""
+  def op(image, seed):
+    image = _decode_full(image)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    area = tf.cast(height * width, tf.float32)
+    target = area * tf.random.stateless_uniform([attempts], seeds[0], area_min, area_max)
+    log_aspect = tf.random.stateless_uniform(
+        [attempts], seeds[1], tf.math.log(float(aspect_min)), tf.math.log(float(aspect_max)))
+    aspect = tf.exp(log_aspect)
+    box_h = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+    box_w = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+    fits = (box_h < height) & (box_w < width)
+    first = tf.argmax(tf.cast(fits, tf.int32))
+    h, w = box_h[first], box_w[first]
+    corner = tf.random.stateless_uniform([2], seeds[2], 0.0, 1.0)
+    top = tf.cast(corner[0] * tf.cast(height - h + 1, tf.float32), tf.int32)
+    left = tf.cast(corner[1] * tf.cast(width - w + 1, tf.float32), tf.int32)
+    erase = tf.logical_and(
+        tf.reduce_any(fits),
+        tf.random.stateless_uniform([], seeds[3]) < probability)
+    rows = tf.range(height)[:, None]
+    cols = tf.range(width)[None, :]
+    inside = erase & (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    if image.dtype.is_floating:
+      noise = tf.random.stateless_normal(shape, seeds[4], dtype=image.dtype)
+    else:
+      noise = tf.cast(tf.random.stateless_uniform(
+          shape, seeds[4], 0, 256, dtype=tf.int32), image.dtype)
+    return tf.where(inside[:, :, None], noise, image)
   return _on_image(op)
 
 
