@@ -104,6 +104,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # When every checkpoint in the workdir is damaged: False stops with one
   # line, True starts the run over from step 0.
   config.restart_if_unrestorable = False
+  # An exponential moving average of the parameters (e.g. DeiT's 0.99996),
+  # kept in the checkpoint and evaluated beside them (eval/<name>_ema).
+  config.ema_decay = ml_collections.FieldReference(None, field_type=float)
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='adam', b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0,

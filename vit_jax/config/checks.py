@@ -140,6 +140,9 @@ def check_config(config, num_devices: int) -> None:
         f'warmup_steps to at most {config.total_steps} (e.g. '
         f'{config.total_steps // 10}).')
 
+  if config.get('ema_decay') is not None:
+    _number('ema_decay', config.ema_decay, low=0., high=1., high_open=True)
+
   optimizer = config.optimizer
   _one_of('optimizer.name', optimizer.name, optim.OPTIMIZERS)
   _number('optimizer.weight_decay', optimizer.get('weight_decay', 0.), low=0.)

@@ -57,7 +57,7 @@ def load(spec: str, config=None) -> LoadedModel:
   workdir (DIR or DIR@STEP), an .npz or an AugReg file name. `config`
   replaces the config.json beside it."""
   path = transfer.augreg_path(spec)
-  directory = path.partition('@')[0]
+  directory = path.removesuffix(transfer.EMA_SUFFIX).partition('@')[0]
   if not path.endswith('.npz') and not (
       config or run_record.read_config(f'{directory}/{run_record.CONFIG_FILE}')):
     if not epath.Path(directory).exists():

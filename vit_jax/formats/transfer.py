@@ -104,9 +104,14 @@ def augreg_model_name(path: str) -> str | None:
   return f'{match["hybrid"]}+{name}' if match['hybrid'] else name
 
 
-def read_orbax_params(directory: str, step: int | None = None) -> checkpoints.FlatParams:
+EMA_SUFFIX = ':ema'
+
+
+def read_orbax_params(directory: str, step: int | None = None, *,
+                      ema: bool = False) -> checkpoints.FlatParams:
   """Params of a pre-training workdir (or its checkpoints/ folder), at
-  `step` or the newest step, as host arrays."""
+  `step` or the newest step, as host arrays; with `ema`, the run's moving
+  average of them (`config.ema_decay`)."""
   root = epath.Path(absolute_path(directory))
   try:
     if (root / 'checkpoints').is_dir():
@@ -138,18 +143,26 @@ def read_orbax_params(directory: str, step: int | None = None) -> checkpoints.Fl
   state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
       restore_args=jax.tree.map(
           lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)))
-  return {k: np.asarray(v) for k, v in
-          checkpoints.flatten_params(state['params']).items()}
+  if ema and not state.get('ema_params'):
+    raise checkpoints.CheckpointNotFoundError(
+        f'the checkpoint of step {step} in {str(root)!r} holds no moving '
+        f'average of the parameters (the run had no config.ema_decay); drop '
+        f'{EMA_SUFFIX!r} to read its parameters.')
+  return {k: np.asarray(v) for k, v in checkpoints.flatten_params(
+      state['ema_params' if ema else 'params']).items()}
 
 
 def read_pretrained(init_from: str) -> tuple[checkpoints.FlatParams, str]:
   """(flat params, description) from any supported source. An orbax step
-  can be chosen with 'DIR@STEP'."""
+  can be chosen with 'DIR@STEP', the moving average of a run's parameters
+  with 'DIR:ema' or 'DIR@STEP:ema'."""
   path = augreg_path(init_from)
   if path.endswith('.npz'):
     return checkpoints.read_npz(path), path
-  directory, _, step = path.partition('@')
-  return read_orbax_params(directory, int(step) if step else None), path
+  ema = path.endswith(EMA_SUFFIX)
+  directory, _, step = path.removesuffix(EMA_SUFFIX).partition('@')
+  return read_orbax_params(directory, int(step) if step else None,
+                           ema=ema), path
 
 
 def _check_class_token(*, has_class_token: bool, num_prefix_tokens: int,

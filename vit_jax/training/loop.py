@@ -160,6 +160,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
           scalars = read_metrics(step, step_metrics)
           for evaluator in due:
             scalars.update(evaluator(state.params))
+            if state.ema_params is not None:
+              scalars.update(metrics_lib.ema_keys(evaluator(state.ema_params)))
             throughput.restart(step)
           write(step, scalars)
       if saving:

@@ -84,6 +84,16 @@ TRAIN_KEYS = ('loss', 'grad_norm', 'learning_rate', 'img_per_sec',
               'img_per_sec_per_device', 'mfu', 'eta_hours')
 
 
+def ema_keys(scalars: Mapping[str, float]) -> dict[str, float]:
+  """An evaluator's scalars for the EMA parameters: 'eval/accuracy' ->
+  'eval/accuracy_ema', 'eval/accuracy_examples' -> 'eval/accuracy_ema_examples'."""
+  out = {}
+  for key, value in scalars.items():
+    detail = next((s for s in DETAIL_SUFFIXES if key.endswith(s)), '')
+    out[f'{key[:len(key) - len(detail)]}_ema{detail}'] = value
+  return out
+
+
 def progress_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
   """The train scalars, then every evaluator's (keys 'prefix/name')
   except their details, then skipped images if any."""

@@ -33,7 +33,10 @@ class TrainState:
   `nonfinite_step` is -1 until a loss or gradient norm first turns NaN/Inf
   and the update is not skipped; `nonfinite_values` are the loss and
   gradient norm at that step; `skipped_updates` counts the updates skipped
-  under `config.skip_nonfinite_updates`."""
+  under `config.skip_nonfinite_updates`. `ema_params` is the exponential
+  moving average of the parameters when `config.ema_decay` is set (as DeiT
+  and timm keep it: started at the initial parameters, then
+  ema = decay * ema + (1 - decay) * params after every step), else None."""
   params: Any
   opt_state: Any
   step: jax.Array
@@ -41,15 +44,18 @@ class TrainState:
   nonfinite_step: jax.Array
   nonfinite_values: jax.Array
   skipped_updates: jax.Array
+  ema_params: Any = None
 
   @classmethod
   def create(cls, params, tx: optax.GradientTransformation,
-             rng: jax.Array) -> 'TrainState':
+             rng: jax.Array, ema: bool = False) -> 'TrainState':
     return cls(params=params, opt_state=tx.init(params),
                step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(rng),
                nonfinite_step=jnp.full((), -1, jnp.int32),
                nonfinite_values=jnp.zeros((2,), jnp.float32),
-               skipped_updates=jnp.zeros((), jnp.int32))
+               skipped_updates=jnp.zeros((), jnp.int32),
+               # Shapes here; `init_state` starts the average at the params.
+               ema_params=jax.tree.map(jnp.zeros_like, params) if ema else None)
 
 
 @dataclasses.dataclass
@@ -86,14 +92,23 @@ def make_setup(config: ml_collections.ConfigDict,
       lambda: model.init(jax.random.key(0), jnp.zeros(image_shape))['params'])
   param_shardings = sharding.logical_shardings(
       mesh, nn.get_partition_spec(boxed), rules_of(config))
+  ema = config.get('ema_decay') is not None
   shapes = jax.eval_shape(lambda: TrainState.create(
-      nn.unbox(boxed), tx, jax.random.key(0)))
+      nn.unbox(boxed), tx, jax.random.key(0), ema=ema))
   replicated = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
   shardings = replicated.replace(
       params=param_shardings,
+      ema_params=param_shardings if ema else None,
       opt_state=sharding.optimizer_state_shardings(
           tx, shapes.opt_state, param_shardings, mesh))
   return TrainSetup(config, mesh, model, tx, schedule, shapes, shardings)
+
+
+def _ema_from(state: TrainState, params) -> TrainState:
+  """The moving average started at `params` (inside a jitted function)."""
+  if state.ema_params is None:
+    return state
+  return state.replace(ema_params=jax.tree.map(jnp.copy, params))
 
 
 def init_state(setup: TrainSetup, seed: int,
@@ -107,7 +122,9 @@ def init_state(setup: TrainSetup, seed: int,
     init_rng, train_rng = jax.random.split(jax.random.key(seed))
     images = jnp.zeros((1, config.image_size, config.image_size, 3))
     params = nn.unbox(model.init(init_rng, images)['params'])
-    return TrainState.create(params, setup.tx, train_rng)
+    state = TrainState.create(params, setup.tx, train_rng,
+                              ema=config.get('ema_decay') is not None)
+    return _ema_from(state, params)
 
   state = jax.jit(init, out_shardings=setup.state_shardings)(seed)
   if not pretrained:
@@ -118,7 +135,7 @@ def init_state(setup: TrainSetup, seed: int,
     flat[key] = jax.make_array_from_callback(
         value.shape, flat[key].sharding, lambda index, value=value: value[index])
   with_optimizer = jax.jit(
-      lambda params, state: state.replace(
-          params=params, opt_state=setup.tx.init(params)),
+      lambda params, state: _ema_from(state.replace(
+          params=params, opt_state=setup.tx.init(params)), params),
       out_shardings=setup.state_shardings, donate_argnums=(1,))
   return with_optimizer(unflatten_params(flat), state)

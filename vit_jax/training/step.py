@@ -24,6 +24,7 @@ def make_train_step(setup: TrainSetup) -> Callable[[TrainState, dict], tuple]:
   rules = rules_of(config)
   accum = config.accum_steps
   max_skips = config.get('skip_nonfinite_updates', 0)
+  ema_decay = config.get('ema_decay')
 
   def loss_fn(params, images, labels, rng):
     logits = model.apply({'params': params}, images, train=True,
@@ -74,8 +75,14 @@ def make_train_step(setup: TrainSetup) -> Callable[[TrainState, dict], tuple]:
         # be skipped.
         skip = jnp.zeros((), bool)
       first_bad = (state.nonfinite_step < 0) & ~finite & ~skip
+      ema_params = state.ema_params
+      if ema_decay is not None:
+        ema_params = jax.tree.map(
+            lambda ema, new: ema_decay * ema + (1 - ema_decay) * new,
+            ema_params, new_params)
       new_state = state.replace(
           params=new_params, opt_state=opt_state, step=step + 1,
+          ema_params=ema_params,
           nonfinite_step=jnp.where(first_bad, step, state.nonfinite_step),
           nonfinite_values=jnp.where(first_bad, jnp.stack([loss, grad_norm]),
                                      state.nonfinite_values),
