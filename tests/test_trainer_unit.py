@@ -150,6 +150,15 @@ def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):
   # The checkpoints before the bad step are kept (keep_checkpoints=2); the
   # non-finite state is never saved.
   assert saved == [2, 4]
+  # The rerun resumes at step 4 and meets the NaN in its first step: the
+  # restored checkpoint is named as the likely cause, not as a good state.
+  with pytest.raises(trainer.NonFiniteError) as error:
+    trainer.train(config, str(tmp_path), train_data=_PoisonedBatches(source, {4}),
+                  log=lambda _: None)
+  assert str(error.value).startswith(
+      'non-finite values at step 4, the first step after restoring the '
+      'checkpoint of step 4: loss=')
+  assert f'move {tmp_path}/checkpoints/4 aside' in str(error.value)
 
 
 def test_batch_not_divisible_by_data_parallel_size():

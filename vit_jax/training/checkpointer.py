@@ -48,6 +48,11 @@ class StateCheckpointer:
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data': ocp.JsonCheckpointHandler()})
 
+  @property
+  def directory(self) -> str:
+    """The folder the step folders are in (workdir/checkpoints)."""
+    return str(self._directory)
+
   def should_save(self, step: int, final: bool = False) -> bool:
     return final or step % self._save_every == 0
 

@@ -25,11 +25,21 @@ class NonFiniteError(RuntimeError):
   """Loss or gradient norm became NaN/Inf."""
 
 
-def _check_finite(state: TrainState) -> None:
+def _check_finite(state: TrainState, restored: tuple[int, str] | None) -> None:
+  """Raises NonFiniteError once a step went NaN/Inf. `restored` (step,
+  folder) is the checkpoint this run resumed from: a NaN in the first step
+  after it points at that checkpoint, not at the training."""
   bad = int(jax.device_get(state.nonfinite_step))
   if bad >= 0:
     loss, grad_norm = (float(v) for v in jax.device_get(state.nonfinite_values))
     skipped = int(jax.device_get(state.skipped_updates))
+    if restored is not None and bad == restored[0]:
+      raise NonFiniteError(
+          f'non-finite values at step {bad}, the first step after restoring '
+          f'the checkpoint of step {bad}: loss={loss}, grad_norm={grad_norm}. '
+          f'That checkpoint is the likely cause (damaged, or saved from a '
+          f'state about to diverge); move {restored[1]}/{bad} aside to resume '
+          f'from the one before it.')
     raise NonFiniteError(
         f'non-finite values at step {bad}: loss={loss}, grad_norm={grad_norm}'
         f' ({skipped} earlier non-finite updates skipped); the run stops '
@@ -79,6 +89,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
   setup = make_setup(config, mesh)
   checkpointer = None
   state = None
+  resumed = None
   if workdir is not None:
     check_writable(workdir)
     checkpointer = StateCheckpointer(
@@ -91,6 +102,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
     if restored is not None:
       latest, state, data_state = restored
       train_data.set_state(data_state)
+      resumed = (latest, checkpointer.directory)
       log(f'resumed from step {latest} in {workdir}')
   if state is None:
     state = init_state(setup, config.seed,
@@ -115,7 +127,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
   def read_metrics(logged_step, device_metrics) -> dict:
     scalars = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if scalars.pop('nonfinite_step') >= 0:
-      _check_finite(state)
+      _check_finite(state, resumed)
     scalars.update(throughput.update(logged_step))
     scalars.update(train_data.metrics())
     return scalars
@@ -165,7 +177,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
             throughput.restart(step)
           write(step, scalars)
       if saving:
-        _check_finite(state)
+        _check_finite(state, resumed)
         # Logs as durable as the checkpoint: a rerun resumes after `step`,
         # so no record up to it may be lost with an unflushed object.
         writer.flush()
