@@ -10,6 +10,7 @@ and --process_id to every process.
 """
 
 import contextlib
+import time
 
 import jax
 
@@ -19,6 +20,7 @@ from vit_jax.data import inputs
 from vit_jax.formats import run_record
 from vit_jax.runtime import workdir_lock
 from vit_jax.training import loop as trainer
+from vit_jax.training import metrics
 
 
 def run(pretrained=None, finish=None):
@@ -33,12 +35,35 @@ def run(pretrained=None, finish=None):
     if main:
       run_record.write(workdir, config, run_record.class_names(
           source, config.num_classes))
+    started = time.perf_counter()
     state, history = trainer.train(
         config, workdir, train_data=train_data, evaluators=make_evaluators,
         pretrained=pretrained, log=log)
     if finish:
       finish(state)
+  log(summary_line(history, config.total_steps, time.perf_counter() - started,
+                   workdir))
   return state, history
+
+
+def summary_line(history: list[dict], total_steps: int, seconds: float,
+                 workdir: str) -> str:
+  """The run in one line: steps, wall time, every eval's final value (and
+  its best, where that was earlier), where the files are."""
+  final, best = {}, {}
+  for record in history:
+    for key, value in record.items():
+      if key.startswith('eval/') and not key.endswith('_examples'):
+        final[key] = value  # accuracies: higher is better
+        if key not in best or value > best[key][0]:
+          best[key] = (value, record['step'])
+  parts = [f'done: {total_steps} steps, {metrics.clock(seconds)} wall time']
+  for key in sorted(final):
+    parts.append(f'{key} {final[key]:.4g}' + (
+        f' (best {best[key][0]:.4g} at step {best[key][1]})'
+        if best[key][0] != final[key] else ''))
+  parts.append(f'checkpoints, metrics.jsonl and TensorBoard events in {workdir}')
+  return '; '.join(parts)
 
 
 def prepare(config, log=app.console):
