@@ -76,6 +76,17 @@ def test_any_dataset_is_accepted_and_left_to_the_data():
   assert list(config.evals) == ['accuracy']  # no ReaL outside ImageNet-1k
 
 
+def test_a_batch_larger_than_the_data_is_said_in_one_line():
+  config = pretrain.get_config('model=Ti/16,dataset=folder:/photos,batch_size=4096')
+  config.train_examples = 48
+  lines = []
+  derived_config.fill(config, log=lines.append)
+  assert lines[-1] == (
+      'warning: batch_size 4096 is larger than the 48 training examples: every '
+      'batch holds each example about 85 times; a batch of at most 48 '
+      '(--config.batch_size) sees each once per step.')
+
+
 @pytest.mark.parametrize('examples,batch', [(10, 8), (200, 16), (1437, 128),
                                             (50_000, 4096), (10**7, 4096)])
 def test_derived_batch_size(examples, batch):

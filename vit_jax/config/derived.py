@@ -70,3 +70,9 @@ def fill(config, log: Callable[[str], None] = print) -> None:
       derived.append(f'evals.{name}.every_steps {tenth}')
   if derived:
     log('derived: ' + ', '.join(derived))
+  examples = config.get('train_examples')
+  if examples and config.batch_size > examples:
+    log(f'warning: batch_size {config.batch_size} is larger than the '
+        f'{examples} training examples: every batch holds each example about '
+        f'{config.batch_size / examples:.0f} times; a batch of at most '
+        f'{examples} (--config.batch_size) sees each once per step.')
