@@ -35,7 +35,7 @@ def test_pretrain_config_on_a_photo_folder(photos, tmp_path):
                        'derived: batch_size 8, warmup_steps 40']
   assert 'compiling the train step ...' in lines
   assert any(l.startswith('compiled the train step in ') for l in lines)
-  assert 'eta 0:00:00' in lines[-1]
+  assert 'eta 0:00:00' in lines[-2] and lines[-1].startswith('done: 400 steps, ')
   assert 'TPU' not in out.stderr and 'ReaL' not in out.stderr + out.stdout
   record = last_record(tmp_path)
   assert record['step'] == 400 and record['eval/accuracy_examples'] == 40
