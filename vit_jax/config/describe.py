@@ -53,11 +53,11 @@ def comments_of(config_file: str) -> dict[str, str]:
   return found
 
 
-def _leaves(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+def leaves(value: Any, prefix: str = '') -> Iterator[tuple[str, Any]]:
+  """('a.b.c', value) for every leaf of a config or dict, sorted by key."""
   if isinstance(value, (ml_collections.ConfigDict, dict)):
-    items = value.items() if isinstance(value, dict) else value.items()
-    for key, child in sorted(items):
-      yield from _leaves(child, f'{prefix}.{key}' if prefix else key)
+    for key, child in sorted(value.items()):
+      yield from leaves(child, f'{prefix}.{key}' if prefix else key)
   else:
     yield prefix, value
 
@@ -66,7 +66,7 @@ def describe(config: ml_collections.ConfigDict, config_file: str) -> list[str]:
   """One line per key: `--config.KEY=VALUE`, then its description."""
   comments = comments_of(config_file)
   lines = []
-  for key, value in _leaves(config, ''):
+  for key, value in leaves(config):
     line = f'  --config.{key}={value!r}' if isinstance(value, str) else (
         f'  --config.{key}={value}')
     description = comments.get(key)

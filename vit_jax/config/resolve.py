@@ -9,7 +9,7 @@ from typing import Callable
 
 import jax
 
-from vit_jax.config import checks, derived
+from vit_jax.config import checks, derived, describe
 from vit_jax.data.registry import DatasetNotFoundError, Source
 from vit_jax.runtime import coordination
 from vit_jax.runtime.user_errors import UserError
@@ -38,7 +38,7 @@ def agree_across_processes(config) -> None:
   with process 0's, so every process stops with the same line: processes
   started with other flags would otherwise train another model without a
   word, or wait for each other forever (another step count)."""
-  flat = {key: repr(value) for key, value in _leaves(config.to_dict(), '')}
+  flat = {key: repr(value) for key, value in describe.leaves(config.to_dict())}
   coordination.publish(f'vit_jax/config/{jax.process_index()}', json.dumps(flat))
   configs = [json.loads(coordination.wait_for(f'vit_jax/config/{p}'))
              for p in range(jax.process_count())]
@@ -55,14 +55,6 @@ def agree_across_processes(config) -> None:
         f'({len(differ)} {"keys differ" if len(differ) > 1 else "key differs"}: '
         f'{shown}{more}); start every process with '
         f'the same --config and overrides.')
-
-
-def _leaves(tree, prefix: str):
-  if isinstance(tree, dict):
-    for key, child in sorted(tree.items()):
-      yield from _leaves(child, f'{prefix}.{key}' if prefix else key)
-  else:
-    yield prefix, tree
 
 
 def split_or_none(split: str | None) -> str | None:
