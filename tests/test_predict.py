@@ -141,3 +141,30 @@ def test_augreg_file_names_say_the_model_resolution_and_loss(tmp_path):
   # The ImageNet-21k upstream files: 224 px, sigmoid-trained.
   upstream = saved_model.augreg_config(name.split('--')[0] + '.npz', {})
   assert (upstream.image_size, upstream.loss) == (224, 'sigmoid_xent')
+
+
+def test_nothing_predictable_is_one_error_line_and_no_noise(demo_run, digit_files, tmp_path):
+  """A non-image file and a missing one: each named on stdout, then one
+  `error:` line, exit 2, no --output, and nothing else on stderr (no
+  TensorFlow import banner or decode warnings)."""
+  (tmp_path / 'notes.png').write_text('not an image')
+  truncated = tmp_path / 'truncated.png'
+  truncated.write_bytes(next(digit_files.glob('*.png')).read_bytes()[:60])
+  missing = tmp_path / 'missing.jpg'
+  out = run_module('vit_jax.predict', f'--model={demo_run}',
+                   f'--images={tmp_path / "notes.png"},{missing}',
+                   f'--output={tmp_path / "p.jsonl"}', check=False)
+  assert out.returncode == 2
+  assert out.stderr.splitlines() == [
+      f"error: --images='{tmp_path / 'notes.png'},{missing}': none of its 2 "
+      f'files could be read or decoded (each is named above); expected images '
+      f'in a format TensorFlow decodes: JPEG, PNG, GIF, BMP or WebP.']
+  assert f'{tmp_path / "notes.png"}: error: cannot decode it as an image (not a' in out.stdout
+  assert f'{missing}: error: cannot read it (FileNotFoundError' in out.stdout
+  assert not (tmp_path / 'p.jsonl').exists()
+  # A PNG cut short gets to TensorFlow, whose warning of the failure is
+  # dropped (when every file fails so, it warns once more at exit).
+  out = run_module('vit_jax.predict', f'--model={demo_run}',
+                   f'--images={truncated},{next(digit_files.glob("*.png"))}')
+  assert f'{truncated}: error: cannot decode it as an image (' in out.stdout
+  assert 'local_rendezvous' not in out.stderr and 'oneDNN' not in out.stderr

@@ -10,7 +10,9 @@ config.json says the model, the eval preprocessing (`pp_eval`) and the loss
 (sigmoid probabilities for sigmoid-trained models, softmax otherwise);
 labels.txt gives the class names. --images is comma-separated files, a
 folder (searched recursively) or a glob. An image that cannot be read or
-decoded is reported by name and the others are still predicted.
+decoded is reported by name and the others are still predicted; when none
+can be, the run ends with one `error:` line and exit status 2, and writes
+no --output.
 
 --attention=DIR writes one PNG per image: the input, the attention rollout
 (Abnar & Zuidema 2020) and the last layer's class-token attention per head.
@@ -21,7 +23,6 @@ import io
 import json
 import os
 import re
-import sys
 
 from absl import flags, logging
 from etils import epath
@@ -29,11 +30,6 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-# TensorFlow only decodes and resizes here: keep its C++ log lines (one per
-# unreadable image) off the console. Set before TensorFlow is imported.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from vit_jax import app
 from vit_jax.data import inputs
 from vit_jax.data.sources import IMAGE_SUFFIXES
@@ -41,6 +37,7 @@ from vit_jax.formats import saved_model
 from vit_jax.models import attention_maps
 from vit_jax.models import build_model
 from vit_jax.models.vit import prefix_tokens
+from vit_jax.runtime.native_logs import import_tensorflow, native_noise_dropped
 from vit_jax.runtime.paths import write_atomically
 from vit_jax.runtime.user_errors import UserError
 
@@ -60,7 +57,7 @@ _BATCH_SIZE = flags.DEFINE_integer(
 
 def list_images(spec: str) -> list[str]:
   """Comma-separated files, a folder (recursively) or a glob -> paths."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = import_tensorflow()
   paths = []
   for item in filter(None, (s.strip() for s in spec.split(','))):
     if any(c in item for c in '*?['):
@@ -78,19 +75,28 @@ def list_images(spec: str) -> list[str]:
   return paths
 
 
+# The first bytes of the formats TensorFlow decodes (WebP: RIFF....WEBP):
+# a file that is none of them is told apart without asking TensorFlow,
+# which would log a warning for it, and another when the process exits.
+_IMAGE_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a',
+                     b'BM', b'\xff\x0a', b'\x00\x00\x00\x0cJXL ')
+
+
 def make_preprocess(config):
   """path -> the model input (float32 (size, size, 3)) through the run's
   pp_eval, or raises an error that says why the image cannot be used."""
   # TensorFlow decodes and resizes; imported once there are images to read.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = import_tensorflow()
   from vit_jax.data.ops import Preprocess  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   preprocess = Preprocess(inputs.op_string(config, 'pp_eval'))
   size = config.image_size
 
-  @tf.function
-  def prepare(data):
-    example = preprocess.example_fn({'image': data, 'label': tf.constant(0)},
+  # The ops after decoding, on decoded pixels (which every decoding op
+  # passes through). Decoding runs eagerly, its warnings dropped.
+  @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+  def prepare(pixels):
+    example = preprocess.example_fn({'image': pixels, 'label': tf.constant(0)},
                                     tf.constant([0, 0], tf.int64))
     return example['image']
 
@@ -99,8 +105,13 @@ def make_preprocess(config):
       data = epath.Path(path).read_bytes()
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f'cannot read it ({type(e).__name__}: {e})') from None
+    if not data.startswith(_IMAGE_SIGNATURES) and data[8:12] != b'WEBP':
+      raise ValueError('cannot decode it as an image (not a JPEG, PNG, GIF, '
+                       'BMP or WebP file)')
     try:
-      image = prepare(tf.constant(data)).numpy()
+      with native_noise_dropped():  # TensorFlow warns of each failure
+        pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
+      image = prepare(pixels).numpy()
     except tf.errors.OpError as e:
       raise ValueError(f'cannot decode it as an image ({_cause(e)})') from None
     if image.shape != (size, size, 3):
@@ -240,14 +251,17 @@ def main():
                     batch_size=_BATCH_SIZE.value,
                     attention_dir=_ATTENTION.value)
   failed = sum('error' in r for r in records)
+  if failed == len(records):
+    raise UserError(
+        f'--images={_IMAGES.value!r}: none of its {failed} files could be read '
+        f'or decoded (each is named above); expected images in a format '
+        f'TensorFlow decodes: JPEG, PNG, GIF, BMP or WebP.')
   if _OUTPUT.value:
     write_records(records, _OUTPUT.value, min(_TOP_K.value, len(loaded.labels)))
     print(f'wrote {_OUTPUT.value}')
   if _ATTENTION.value:
     print(f'wrote {len(records) - failed} attention maps to {_ATTENTION.value}')
   print(f'{len(records) - failed} images predicted, {failed} unreadable')
-  if failed == len(records):
-    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -15,9 +15,10 @@ and act on whole batches of float images and one-hot labels.
 import ast
 from typing import Callable
 
-import tensorflow as tf
-
 from vit_jax.data import randaugment
+from vit_jax.runtime.native_logs import import_tensorflow
+
+tf = import_tensorflow()
 
 ExampleOp = Callable[[dict, tf.Tensor], dict]
 BatchOp = Callable[[dict, tf.Tensor], dict]

@@ -17,10 +17,12 @@ from typing import Callable, Iterator
 import numpy as np
 import jax
 from jax.experimental import multihost_utils
-import tensorflow as tf
 
 from vit_jax.data.ops import Preprocess
+from vit_jax.runtime.native_logs import import_tensorflow
 from vit_jax.runtime.user_errors import ConfigError, UserError
+
+tf = import_tensorflow()
 
 ON_CORRUPT = ('stop', 'skip')
 _AUTOTUNE = tf.data.AUTOTUNE

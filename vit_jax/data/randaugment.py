@@ -9,7 +9,9 @@ strongest at low magnitudes).
 
 import math
 
-import tensorflow as tf
+from vit_jax.runtime.native_logs import import_tensorflow
+
+tf = import_tensorflow()
 
 _FILL = 128  # grey for pixels that geometric ops move in from outside
 

@@ -14,12 +14,14 @@ import re
 
 import jax
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from vit_jax.data import pipeline
 from vit_jax.data.registry import DatasetNotFoundError
 from vit_jax.formats import run_record
+from vit_jax.runtime.native_logs import import_tensorflow, import_tensorflow_datasets
+
+tf = import_tensorflow()
+tfds = import_tensorflow_datasets()
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 _TFDS_PREPARE = {

@@ -14,10 +14,12 @@ import time
 
 from absl import flags
 import numpy as np
-import tensorflow as tf
 
 from vit_jax import app
 from vit_jax.data import pipeline, sources
+from vit_jax.runtime.native_logs import import_tensorflow
+
+tf = import_tensorflow()
 
 PIPELINES = {
     'fused': 'decode_inception_crop(224)|flip_lr',
