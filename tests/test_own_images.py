@@ -3,7 +3,9 @@ tell is read from it, the rest follows from the config."""
 
 import json
 import os
+import shutil
 
+import ml_collections
 import pytest
 
 from photo_folders import make_photo_folder
@@ -88,3 +90,22 @@ def test_fewshot_on_a_photo_folder(photos):
   name = photos.name  # the table's row is the folder's name
   assert f"few-shot {name}: from the data: eval split 'test'" in out.stdout
   assert out.stdout.splitlines()[-1].startswith(f'{name} ')
+
+
+def test_eval_folder_lacking_classes_is_said_in_one_warning(tmp_path):
+  """test/ without one training class: labels still follow train/'s class
+  names, and the resolved config says which class cannot be evaluated."""
+  from vit_jax.config.resolve import resolve_from_data  # pylint: disable=g-import-not-at-top
+  from vit_jax.data.sources import FolderSource  # pylint: disable=g-import-not-at-top
+  root = make_photo_folder(tmp_path / 'photos', train_per_class=2, test_per_class=1)
+  shutil.rmtree(root / 'test' / 'china_right')
+  source = FolderSource(str(root))
+  config = ml_collections.ConfigDict(dict(
+      num_classes=None, eval_split='auto', train_split='train',
+      train_examples=None, dataset=f'folder:{root}'))
+  lines = []
+  resolve_from_data(config, source, lines.append)
+  assert ("warning: config.eval_split='test' has no images of 1 of the 4 "
+          "classes (china_right); its accuracy is over the other classes.") in lines
+  assert source.classes_without_images('train') == []
+  assert sorted(set(source._slice('test')[1])) == [0, 2, 3]  # pylint: disable=protected-access

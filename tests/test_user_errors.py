@@ -67,6 +67,11 @@ def _folder(root, layout):
   elif layout == 'no_subfolders':
     root.mkdir()
     image.save(root / 'a.jpg')
+  elif layout == 'eval_class_not_in_train':
+    for split, classes in (('train', 'ab'), ('test', 'abc')):
+      for name in classes:
+        (root / split / name).mkdir(parents=True)
+        image.save(root / split / name / '0.jpg')
 
 
 FOLDER_CASES = {
@@ -76,6 +81,10 @@ FOLDER_CASES = {
                        'images directly in it); expected {root}/<split>/<class>',
     'no_subfolders': "image folder '{root}' has no split folders; expected "
                      '{root}/<split>/<class>/<image>, e.g. {root}/train/cat/1.jpg',
+    'eval_class_not_in_train':
+        "image folder '{root}/test' has 1 class folders that train/ lacks (c); "
+        'the model learns the 2 classes of train/: add their training images '
+        'to {root}/train/<class>/ or move them out of test/.',
 }
 
 

@@ -127,6 +127,12 @@ def resolve_from_data(config, source, log: Callable[[str], None] = print) -> Non
         count = split_size(source, split)
       except DatasetNotFoundError as e:
         raise DatasetNotFoundError(f'config.{key}={split!r}: {e}') from None
+      lacking = getattr(source, 'classes_without_images', lambda _: [])(split)
+      if key == 'eval_split' and lacking:
+        shown = ', '.join(lacking[:5]) + (', ...' if len(lacking) > 5 else '')
+        log(f'warning: config.eval_split={split!r} has no images of '
+            f'{len(lacking)} of the {source.num_classes} classes ({shown}); '
+            f'its accuracy is over the other classes.')
       if key == 'train_split' and config.get('train_examples') != count:
         config.train_examples = count
         log(f'from the data: {count} training examples')

@@ -150,6 +150,11 @@ def digits_source() -> ArraySource:
   return ArraySource(images, labels, splits, num_classes=10, name='digits')
 
 
+def _first_few(names: list[str], count: int = 5) -> str:
+  return ', '.join(names[:count]) + (f', ... {len(names) - count} more'
+                                     if len(names) > count else '')
+
+
 class FolderSource(TfDataSource):
   """ROOT/<split>/<class>/<image>; classes are the sorted folder names of
   the 'train' split (or of the split itself when there is no 'train')."""
@@ -168,6 +173,7 @@ class FolderSource(TfDataSource):
       raise DatasetNotFoundError(
           f'image folder {root!r} has no split folders; {layout}.')
     class_root = 'train' if 'train' in self.split_names else self.split_names[0]
+    self.class_root = class_root
     self.classes = self._subdirs(os.path.join(root, class_root))
     if not self.classes:
       images = [f for f in tf.io.gfile.listdir(os.path.join(root, class_root))
@@ -188,6 +194,18 @@ class FolderSource(TfDataSource):
 
   def _list(self, name: str) -> tuple[list[str], list[int]]:
     if name not in self._files:
+      # Labels are indices into the training classes, matched by folder
+      # name; a class the model never learns cannot be evaluated.
+      unknown = sorted(set(self._subdirs(os.path.join(self.root, name))) -
+                       set(self.classes))
+      if unknown:
+        raise DatasetNotFoundError(
+            f'image folder {os.path.join(self.root, name)!r} has '
+            f'{len(unknown)} class folders that {self.class_root}/ lacks '
+            f'({_first_few(unknown)}); the model learns the '
+            f'{len(self.classes)} classes of {self.class_root}/: add their '
+            f'training images to {self.root}/{self.class_root}/<class>/ or '
+            f'move them out of {name}/.')
       files, labels = [], []
       for label, cls in enumerate(self.classes):
         folder = os.path.join(self.root, name, cls)
@@ -206,6 +224,11 @@ class FolderSource(TfDataSource):
       order = stratified_order(labels)
       self._files[name] = ([files[i] for i in order], [labels[i] for i in order])
     return self._files[name]
+
+  def classes_without_images(self, split: str) -> list[str]:
+    """The training classes of which `split` holds no image."""
+    present = set(self._slice(split)[1])
+    return [c for i, c in enumerate(self.classes) if i not in present]
 
   def _slice(self, split):
     name, start, end = slice_split(split, self.split_names,
