@@ -13,13 +13,15 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_python(*args, env=None, check=True, timeout=600, cwd=ROOT):
+def run_python(*args, env=None, check=True, timeout=600, cwd=ROOT,
+               preexec_fn=None):
   """`python args` (a script, `-c CODE` or `-m MODULE`) from the repository
   root (or `cwd`) on the CPU backend (or in `env`), its output captured;
-  with `check`, a non-zero exit fails with its stderr."""
+  with `check`, a non-zero exit fails with its stderr. `preexec_fn` runs
+  in the child before Python starts (e.g. to set a resource limit)."""
   out = subprocess.run([sys.executable, *map(str, args)],
                        cwd=cwd, capture_output=True, text=True,
-                       timeout=timeout,
+                       timeout=timeout, preexec_fn=preexec_fn,
                        env=env or {**os.environ, 'JAX_PLATFORMS': 'cpu'})
   if check:
     assert out.returncode == 0, out.stderr[-3000:]

@@ -7,8 +7,10 @@ and skips nothing.
 """
 
 import json
+import logging
 import os
 import re
+import sys
 from typing import Any
 
 import jax
@@ -19,6 +21,54 @@ from etils import epath
 from vit_jax.runtime import coordination
 from vit_jax.runtime.paths import absolute_path
 from vit_jax.runtime.user_errors import UserError
+
+
+class _SaveFailureEchoes(logging.Filter):
+  """What a failing background save prints besides its error, held back.
+
+  orbax logs the failure once from each of its save threads, with
+  tracebacks, before the run learns of it; the run then stops with one line
+  naming the cause (CheckpointSaveError), and these records are dropped.
+  Records held during a save that ends well are let through when that is
+  known. (TensorStore writes that complete after orbax's event loop has
+  closed report 'Event loop is closed' as unraisable: see
+  _drop_closed_loop_callbacks.)"""
+
+  def __init__(self):
+    super().__init__()
+    self.held: list[logging.LogRecord] = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR and '/orbax/' in record.pathname:
+      self.held.append(record)
+      return False
+    return True
+
+  def release(self) -> None:
+    held, self.held = self.held, []
+    for record in held:
+      logging.getLogger('absl').callHandlers(record)
+
+  def drop(self) -> None:
+    self.held = []
+
+
+_ECHOES = _SaveFailureEchoes()
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+  if not (isinstance(unraisable.exc_value, RuntimeError) and
+          str(unraisable.exc_value) == 'Event loop is closed'):
+    _previous_unraisablehook(unraisable)
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _hold_save_failure_echoes() -> None:
+  if _ECHOES not in logging.getLogger('absl').filters:
+    logging.getLogger('absl').addFilter(_ECHOES)
+    sys.unraisablehook = _drop_closed_loop_callbacks
 
 
 class StateCheckpointer:
@@ -34,6 +84,7 @@ class StateCheckpointer:
     self._save_every = save_every
     self._saving = None  # the step of the last save started
     self._checked = None  # the step of the last save checked for errors
+    _hold_save_failure_echoes()
     self._manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(
@@ -78,13 +129,18 @@ class StateCheckpointer:
       return
     if self._manager.is_saving_in_progress():
       return
+    self._wait_for_save()  # it has ended: returns or raises at once
+
+  def _wait_for_save(self) -> None:
     self._checked = self._saving
     try:
-      self._manager.wait_until_finished()  # it has: returns or raises at once
+      self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(e, self._saving) from e
+    _ECHOES.release()
 
   def _save_error(self, error: BaseException, step: int) -> 'CheckpointSaveError':
+    _ECHOES.drop()
     return CheckpointSaveError(
         f'saving the checkpoint of step {step} to {self._directory} failed: '
         f'{root_cause(error)}; free space or fix access there, then rerun to '
@@ -176,10 +232,10 @@ class StateCheckpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    self._wait_for_save()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self._wait_for_save()
     self._manager.close()
 
 
