@@ -222,7 +222,7 @@ def test_pretrain_then_finetune_at_higher_resolution_with_new_classes(tmp_path):
        '--config.total_steps=20',
        '--config.schedule.warmup_steps=2', '--config.checkpoint_steps=20',
        '--config.evals.accuracy.every_steps=20', *tiny)
-  stdout = _run('vit_jax.finetune', tmp_path / 'fine', '--config',
+  fine = run_module('vit_jax.finetune', '--workdir', tmp_path / 'fine', '--config',
                 'configs/finetune.py:model=Ti/16,dataset=digits,batch_size=64',
                 f'--config.init_from={tmp_path / "pre"}', '--config.image_size=12',
                 '--config.pp_train=resize(12)', '--config.pp_eval=resize(12)',
@@ -230,6 +230,9 @@ def test_pretrain_then_finetune_at_higher_resolution_with_new_classes(tmp_path):
                 '--config.evals.accuracy.every_steps=200', '--config.log_steps=50',
                 '--config.shuffle_buffer=2000', '--config.export=vit_jax,hf',
                 *tiny)
+  stdout = fine.stdout
+  # Nothing on stderr: no absl or orbax lines about the restored workdir.
+  assert fine.stderr == ''
   assert 'resized Transformer/posembed_input/pos_embedding (1, 17, 32) -> (1, 37, 32)' in stdout
   assert 'initialized fresh: head/kernel (32, 10)' in stdout
   records = [json.loads(l) for l in
@@ -288,7 +291,7 @@ def test_finetune_a_hybrid_and_its_export_reproduces_the_run_eval(tmp_path):
   checkpoints.save_npz_params(spread_hybrid_params(build(config, 1000), size=8),
                               source_path)
   model_flags = tiny_model_flags(patch_size=(1, 1), resnet_layers=(1,))
-  stdout = _run('vit_jax.finetune', tmp_path / 'fine', '--config',
+  fine = run_module('vit_jax.finetune', '--workdir', tmp_path / 'fine', '--config',
                 'configs/finetune.py:model=R+Ti/16,dataset=digits,batch_size=64',
                 f'--config.init_from={source_path}', '--config.image_size=16',
                 '--config.pp_train=pad(1)|random_crop(8)|resize(16)',

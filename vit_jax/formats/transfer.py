@@ -18,6 +18,7 @@ import logging
 import re
 from typing import Any, Callable, Sequence
 
+from absl import logging as absl_logging
 from etils import epath
 import jax
 import numpy as np
@@ -139,10 +140,17 @@ def read_orbax_params(directory: str, step: int | None = None, *,
   # play no part (a bare restore would put the arrays back onto them).
   path = root / str(step) / 'state'
   checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      restore_args=jax.tree.map(
-          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)))
+  # orbax warns that the item folder has no _CHECKPOINT_METADATA: a
+  # CheckpointManager writes it one level up, in the step folder.
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    tree = checkpointer.metadata(path).item_metadata.tree
+    state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        restore_args=jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)))
+  finally:
+    absl_logging.set_verbosity(verbosity)
   if ema and not state.get('ema_params'):
     raise checkpoints.CheckpointNotFoundError(
         f'the checkpoint of step {step} in {str(root)!r} holds no moving '
