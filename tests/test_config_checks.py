@@ -157,3 +157,21 @@ def test_export_formats_are_checked_by_name_and_by_what_they_can_hold(export, me
   with pytest.raises(ConfigError, match=None) as raised:
     checks.check_export(export, model)
   assert str(raised.value).startswith(message)
+
+
+def test_progress_lines_fit_120_columns():
+  """The console's names for the train scalars, one device's img/s once,
+  and evaluators wrapped onto indented lines of at most 120 columns."""
+  scalars = {'loss': 0.123456, 'grad_norm': 1.5, 'learning_rate': 2.5e-5,
+             'img_per_sec': 1440.4, 'img_per_sec_per_device': 1440.4,
+             'eta_hours': 1.5, 'eval/accuracy': 0.956, 'eval/accuracy_examples': 360,
+             'eval/accuracy_ema': 0.95, **{f'fewshot/digits_{k}shot': 0.9 for k in (1, 5, 10)}}
+  text = metrics.progress_line(1500, 1500, scalars)
+  assert text.splitlines() == [
+      'step 1500/1500 | loss 0.1235 | grad_norm 1.5 | lr 2.5e-05 | img/s 1440 | '
+      'eta 1:30:00 | eval/accuracy 0.956',
+      '    eval/accuracy_ema 0.95 | fewshot/digits_10shot 0.9 | '
+      'fewshot/digits_1shot 0.9 | fewshot/digits_5shot 0.9']
+  scalars['img_per_sec_per_device'] = 180.05
+  assert 'img/s 1440 | img/s/device 180 | eta' in metrics.progress_line(1, 2, scalars)
+  assert max(map(len, metrics.progress_line(1, 2, scalars).splitlines())) <= 120

@@ -94,11 +94,20 @@ def ema_keys(scalars: Mapping[str, float]) -> dict[str, float]:
   return out
 
 
+# How the train scalars are named on the console (the logs keep the keys).
+CONSOLE_NAMES = {'learning_rate': 'lr', 'img_per_sec': 'img/s',
+                 'img_per_sec_per_device': 'img/s/device'}
+CONSOLE_WIDTH = 120
+
+
 def progress_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
   """The train scalars, then every evaluator's (keys 'prefix/name')
-  except their details, then skipped images if any."""
+  except their details, then skipped images if any; wrapped into lines of
+  at most CONSOLE_WIDTH columns, continuation lines indented."""
   parts = [f'step {step}/{total}']
   keys = list(TRAIN_KEYS)
+  if scalars.get('img_per_sec_per_device') == scalars.get('img_per_sec'):
+    keys.remove('img_per_sec_per_device')  # one device: the same number
   keys += sorted(k for k in scalars if '/' in k and not k.startswith('data/')
                  and not k.endswith(DETAIL_SUFFIXES))
   if scalars.get('data/skipped_images'):
@@ -110,9 +119,17 @@ def progress_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
         parts.append(f'mfu {100 * value:.1f}%')
       elif key == 'eta_hours':
         parts.append(f'eta {clock(value * 3600)}')
+      elif key.startswith('img_per_sec'):
+        parts.append(f'{CONSOLE_NAMES[key]} {value:.0f}')
       else:
-        parts.append(f'{key} {value:.4g}')
-  return ' | '.join(parts)
+        parts.append(f'{CONSOLE_NAMES.get(key, key)} {value:.4g}')
+  lines = [parts[0]]
+  for part in parts[1:]:
+    if len(lines[-1]) + 3 + len(part) <= CONSOLE_WIDTH:
+      lines[-1] += ' | ' + part
+    else:
+      lines.append('    ' + part)
+  return '\n'.join(lines)
 
 
 def clock(seconds: float) -> str:
