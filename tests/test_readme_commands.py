@@ -105,6 +105,10 @@ def test_readme_commands_run_as_typed(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, f'{command}\n-> {runnable}\n{out.stderr[-3000:]}'
     assert 'Traceback' not in out.stderr, f'{command}\n{out.stderr[-3000:]}'
+    # No native library's start-up banner (TensorFlow's oneDNN and CPU
+    # notices, absl's logging notice) on the console.
+    assert not re.search(r'oneDNN|absl::InitializeLog|cpu_feature_guard',
+                         out.stderr), f'{command}\n{out.stderr[-3000:]}'
     ran.append(command)
   assert used == set(SHORTER)
   # The main job, fine-tuning, predict (files, scoring, attention), the

@@ -260,3 +260,19 @@ def test_first_checkpoint_save_failing_is_one_line(tmp_path):
       f'OSError: [Errno 27] File too large; free space or fix access there, '
       f'then rerun to resume from the last saved checkpoint.'], out.stderr[-3000:]
   assert out.returncode == 2
+
+
+def test_init_from_of_another_model_stops_before_the_workdir(tmp_path):
+  """A checkpoint of another width: one line counting the mismatches and
+  naming the first few, and no config.json, labels.txt or checkpoints/."""
+  other = tiny_model_config()
+  other.hidden_size, other.mlp_dim = 48, 96
+  npz = tmp_path / 'other.npz'
+  checkpoints.save_npz_params(init_params(build(other, 10)), str(npz))
+  workdir = tmp_path / 'run'
+  out = run_entry_point('vit_jax.finetune', '--config', 'configs/demo_finetune.py',
+                        f'--config.init_from={npz}', '--workdir', str(workdir))
+  assert_user_error(out, f'checkpoint {npz} does not match the model: ')
+  assert 'parameters with a different shape (model vs checkpoint): ' in out.stderr
+  assert len(out.stderr.strip().splitlines()[-1]) < 1000
+  assert not workdir.exists()

@@ -11,8 +11,10 @@ official-layout .npz (`config.export`).
 """
 
 from etils import epath
+import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import app, train
@@ -20,13 +22,17 @@ from vit_jax.data import inputs
 from vit_jax.formats import exporters
 from vit_jax.formats import run_record
 from vit_jax.formats import transfer
+from vit_jax.models import build_model
 from vit_jax.runtime.user_errors import ConfigError
 
 
 def pretrained_params(config, workdir=None, log=print):
-  """A `pretrained(setup)` callback for trainer.train. Unless `workdir`
+  """(pretrained(setup), check(config)) for train.run. Unless `workdir`
   already holds checkpoints (a resume), the checkpoint is read now, so a
-  missing or broken file stops the run before anything is written."""
+  missing or broken file stops the run before anything is written, and
+  `check` fits it to the model's parameter shapes once the data has
+  resolved the config (quietly, the result discarded), so a checkpoint of
+  another model stops it there too."""
   if not config.init_from:
     raise ConfigError('config.init_from is empty: fine-tuning needs '
                       '--config.init_from=an .npz file, an AugReg name, or a '
@@ -35,12 +41,21 @@ def pretrained_params(config, workdir=None, log=print):
   resuming = workdir is not None and epath.Path(workdir, 'checkpoints').exists()
   already_read = None if resuming else transfer.read_pretrained(config.init_from)
 
-  def load(setup):
+  def fit(reference, log):
     return transfer.load_pretrained(
-        config.init_from, setup.state_shapes.params, config.model,
+        config.init_from, reference, config.model,
         dont_load=tuple(config.dont_load), posemb_order=config.posemb_order,
         log=log, already_read=already_read)
-  return load
+
+  def check(resolved):
+    if resuming:
+      return
+    model = build_model(resolved.model, resolved.num_classes)
+    image = jnp.zeros((1, resolved.image_size, resolved.image_size, 3))
+    fit(nn.unbox(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), image)['params'])), lambda _: None)
+
+  return (lambda setup: fit(setup.state_shapes.params, log)), check
 
 
 def export(params, config, workdir: str) -> None:
@@ -66,7 +81,8 @@ def export(params, config, workdir: str) -> None:
 
 def main():
   config, workdir = app.CONFIG.value, app.WORKDIR.value
-  train.run(pretrained=pretrained_params(config, workdir, app.console),
+  pretrained, check = pretrained_params(config, workdir, app.console)
+  train.run(pretrained=pretrained, check=check,
             finish=(lambda state: export(state.params, config, workdir))
             if config.export else None)
 

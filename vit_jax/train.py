@@ -23,11 +23,15 @@ from vit_jax.training import loop as trainer
 from vit_jax.training import metrics
 
 
-def run(pretrained=None, finish=None):
+def run(pretrained=None, finish=None, check=None):
   """Trains `--config` in `--workdir`; shared with the fine-tune entry point,
-  whose `finish(state)` (the export) runs while the workdir is still held."""
+  whose `check(config)` (does the checkpoint fit the model?) runs once the
+  data has resolved the config and before anything is written, and whose
+  `finish(state)` (the export) runs while the workdir is still held."""
   config, workdir, log = app.CONFIG.value, app.WORKDIR.value, app.console
   source, train_data, make_evaluators = prepare(config, log)
+  if check:
+    check(config)
   main = jax.process_index() == 0
   if main:
     trainer.check_writable(workdir)
