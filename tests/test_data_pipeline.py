@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -322,3 +323,37 @@ def test_folder_eval_split_names_users_have_are_taken(tmp_path, name):
   os.makedirs(tmp_path / name / 'class0')
   assert resolve.pick_eval_split(registry.open_source(f'folder:{tmp_path}'),
                                 'train', lambda _: None) == ('train', name)
+
+
+def test_classification_eval_on_another_dataset_imagenet_v2(tmp_path):
+  """An eval with `dataset`: ImageNet-v2's test split (mocked, 5 images)
+  through the run's pp_eval, every image counted once; a dataset with other
+  classes is refused, and one that is not prepared skipped with one line."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from tiny_jobs import tiny_config  # pylint: disable=g-import-not-at-top
+  from vit_jax import evaluators  # pylint: disable=g-import-not-at-top
+  from vit_jax.evaluators import classification  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime.user_errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from vit_jax.training.state import make_setup  # pylint: disable=g-import-not-at-top
+  config = tiny_config({})
+  config.update(num_classes=1000, data_dir=str(tmp_path), eval_batch_size=4,
+                pp_eval='decode|resize_small(18)|central_crop(16)')
+  lines = []
+  context = evaluators.Context(config, None, lines.append)
+  spec = ml_collections.ConfigDict(dict(
+      type='classification', dataset='imagenet_v2', split='test', every_steps=1))
+  with _mock(5):
+    maker = classification.make('v2', spec, context)
+    setup = make_setup(config)
+    model = build_model(config.model, 1000)
+    params = model.init(jax.random.key(0), np.zeros((1, 16, 16, 3)))['params']
+    scalars = maker(setup)(params)
+    assert scalars['eval/v2_examples'] == 5 and 0 <= scalars['eval/v2'] <= 1
+    spec.dataset = 'cifar10'
+    with pytest.raises(ConfigError, match=r"evals.v2.dataset='cifar10' has 10 "
+                       r'classes, the model 1000'):
+      classification.make('v2', spec, context)
+  spec.dataset = 'imagenet_v2'
+  assert classification.make('v2', spec, context) is None  # not prepared
+  assert lines[-1].startswith('warning: evals.v2: skipped, ')

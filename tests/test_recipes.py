@@ -40,6 +40,9 @@ VIT_S16_I1K = {
     'evals.val.log_steps = 2500': ('evals.val.every_steps', 2500),
     "evals.real (imagenet2012_real 'validation')": ('evals.real_accuracy.type', 'real'),
     'evals.real.log_steps = 2500': ('evals.real_accuracy.every_steps', 2500),
+    "evals.v2 (imagenet_v2 'test')": ('evals.v2.dataset', 'imagenet_v2'),
+    "evals.v2 split 'test'": ('evals.v2.split', 'test'),
+    'evals.v2.log_steps = 2500': ('evals.v2.every_steps', 2500),
 }
 
 

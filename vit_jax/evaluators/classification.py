@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.config import resolve
-from vit_jax.data import inputs
+from vit_jax.data import inputs, registry
+from vit_jax.runtime.user_errors import ConfigError
 from vit_jax.training import sharding
 from vit_jax.training.state import TrainSetup
 
@@ -67,11 +68,29 @@ class ClassificationEvaluator:
 
 def make(name: str, spec, context
          ) -> Callable[[TrainSetup], ClassificationEvaluator] | None:
-  """Accuracy on `spec.split` of the training dataset, through the run's
-  pp_eval; none when the split is None (e.g. --config.eval_split=None)."""
+  """Accuracy on `spec.split` of the training dataset, or of `spec.dataset`
+  (another dataset with the same classes, e.g. `imagenet_v2` for a model
+  trained on imagenet2012), through the run's pp_eval; none when the split
+  is None (e.g. --config.eval_split=None), or, with one warning line, when
+  `spec.dataset` is not prepared in config.data_dir."""
   split = resolve.split_or_none(spec.get('split'))
   if split is None:
     return None
-  passes = inputs.eval_passes(context.config, context.source, split)
+  config = context.config
+  if not spec.get('dataset'):
+    passes = inputs.eval_passes(config, context.source, split)
+  else:
+    try:
+      source = registry.open_source(spec.dataset, data_dir=config.data_dir,
+                                    config=config)
+      if source.describes_data and source.num_classes != config.num_classes:
+        raise ConfigError(
+            f'evals.{name}.dataset={spec.dataset!r} has {source.num_classes} '
+            f'classes, the model {config.num_classes}; evaluate on a dataset '
+            f'with the training classes.')
+      passes = inputs.eval_passes(config, source, split)
+    except registry.DatasetNotFoundError as e:
+      context.log(f'warning: evals.{name}: skipped, {e}')
+      return None
   return lambda setup: ClassificationEvaluator(name, passes, spec.every_steps,
                                                setup)
