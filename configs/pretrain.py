@@ -82,6 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.cache_raw = False   # keep encoded examples in host memory
   config.cache_eval = False  # keep preprocessed eval batches in host memory
   config.on_corrupt = 'stop'  # or 'skip' (counted as data/skipped_images)
+  # Repeated augmentation (DeiT: 3): each image read is in the batch this
+  # many times, each copy augmented on its own.
+  config.repeated_augmentation = 1
   # None: 4096 (the paper's), or less for a small dataset.
   config.batch_size = ml_collections.FieldReference(
       int(args['batch_size']) if args['batch_size'] else None, field_type=int)

@@ -1,5 +1,6 @@
 """Input pipelines end to end: TFDS (mocked and real tiny), folders, digits."""
 
+import collections
 import os
 
 import jax
@@ -10,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from vit_jax.config import resolve
 from vit_jax.data import pipeline, registry, sources, synthetic
+from vit_jax.runtime.user_errors import ConfigError
 
 
 class TinyNumbered(tfds.core.GeneratorBasedBuilder):
@@ -334,7 +336,6 @@ def test_classification_eval_on_another_dataset_imagenet_v2(tmp_path):
   from vit_jax import evaluators  # pylint: disable=g-import-not-at-top
   from vit_jax.evaluators import classification  # pylint: disable=g-import-not-at-top
   from vit_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  from vit_jax.runtime.user_errors import ConfigError  # pylint: disable=g-import-not-at-top
   from vit_jax.training.state import make_setup  # pylint: disable=g-import-not-at-top
   config = tiny_config({})
   config.update(num_classes=1000, data_dir=str(tmp_path), eval_batch_size=4,
@@ -357,3 +358,55 @@ def test_classification_eval_on_another_dataset_imagenet_v2(tmp_path):
   spec.dataset = 'imagenet_v2'
   assert classification.make('v2', spec, context) is None  # not prepared
   assert lines[-1].startswith('warning: evals.v2: skipped, ')
+
+
+def _numbered_photos(count=48):
+  """`count` random 8x8 images, each its own class (label = index)."""
+  images = np.random.default_rng(0).integers(0, 256, (count, 8, 8, 3), np.uint8)
+  return sources.ArraySource(images, np.arange(count), {'train': np.arange(count)},
+                             num_classes=count, name='numbered')
+
+
+@pytest.mark.parametrize('processes', [1, 2])
+def test_repeated_augmentation_puts_each_image_k_times_in_each_global_batch(processes):
+  """DeiT's repeated augmentation, k=3: every global batch holds 4 images 3
+  times each, the copies augmented differently; an epoch of the stream
+  (48 images) takes 3 times the steps; a resumed iterator continues with
+  the same batches."""
+  source, k, batch = _numbered_photos(), 3, 12
+  def iterators():
+    return [pipeline.TrainIterator(
+        source, 'train', pp='pad(2)|random_crop(8)|flip_lr', batch_size=batch,
+        seed=3, repeats=k, process_index=i, process_count=processes)
+            for i in range(processes)]
+  running, totals, distinct = iterators(), collections.Counter(), 0
+  for step in range(48 * k // batch):
+    parts = [next(it) for it in running]
+    labels = np.concatenate([p['labels'] for p in parts])
+    images = np.concatenate([p['images'] for p in parts])
+    counts = collections.Counter(labels.tolist())
+    assert sorted(counts.values()) == [k] * (batch // k), (step, counts)
+    totals.update(counts)
+    for label in counts:
+      distinct += len({images[j].tobytes() for j in np.flatnonzero(labels == label)}) == k
+    if step == 4:
+      state = [it.position for it in running], running[0].next_batch
+  assert totals == {i: k for i in range(48)}  # one pass: each image k times
+  assert distinct >= 0.9 * 48  # copies differ (25 crops x 2 flips each)
+  resumed = iterators()
+  for it, position in zip(resumed, state[0]):
+    it.position, it.next_batch = position, state[1]
+  again = iterators()
+  for _ in range(5):
+    for it in again:
+      next(it)
+  for _ in range(3):
+    for a, b in zip(resumed, again):
+      np.testing.assert_array_equal(next(a)['images'], next(b)['images'])
+
+
+def test_repeated_augmentation_must_divide_the_process_batch():
+  with pytest.raises(ConfigError, match=r'config.repeated_augmentation=3: expected '
+                     r'a whole number >= 1 that divides the per-process batch 4'):
+    pipeline.TrainIterator(_numbered_photos(), 'train', pp='', batch_size=8,
+                           repeats=3, process_index=0, process_count=2)

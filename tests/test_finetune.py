@@ -223,13 +223,13 @@ def test_pretrain_then_finetune_at_higher_resolution_with_new_classes(tmp_path):
        '--config.schedule.warmup_steps=2', '--config.checkpoint_steps=20',
        '--config.evals.accuracy.every_steps=20', *tiny)
   fine = run_module('vit_jax.finetune', '--workdir', tmp_path / 'fine', '--config',
-                'configs/finetune.py:model=Ti/16,dataset=digits,batch_size=64',
-                f'--config.init_from={tmp_path / "pre"}', '--config.image_size=12',
-                '--config.pp_train=resize(12)', '--config.pp_eval=resize(12)',
-                '--config.total_steps=200', '--config.schedule.warmup_steps=20',
-                '--config.evals.accuracy.every_steps=200', '--config.log_steps=50',
-                '--config.shuffle_buffer=2000', '--config.export=vit_jax,hf',
-                *tiny)
+                    'configs/finetune.py:model=Ti/16,dataset=digits,batch_size=64',
+                    f'--config.init_from={tmp_path / "pre"}', '--config.image_size=12',
+                    '--config.pp_train=resize(12)', '--config.pp_eval=resize(12)',
+                    '--config.total_steps=200', '--config.schedule.warmup_steps=20',
+                    '--config.evals.accuracy.every_steps=200', '--config.log_steps=50',
+                    '--config.shuffle_buffer=2000', '--config.export=vit_jax,hf',
+                    *tiny)
   stdout = fine.stdout
   # Nothing on stderr: no absl or orbax lines about the restored workdir.
   assert fine.stderr == ''
@@ -292,13 +292,14 @@ def test_finetune_a_hybrid_and_its_export_reproduces_the_run_eval(tmp_path):
                               source_path)
   model_flags = tiny_model_flags(patch_size=(1, 1), resnet_layers=(1,))
   fine = run_module('vit_jax.finetune', '--workdir', tmp_path / 'fine', '--config',
-                'configs/finetune.py:model=R+Ti/16,dataset=digits,batch_size=64',
-                f'--config.init_from={source_path}', '--config.image_size=16',
-                '--config.pp_train=pad(1)|random_crop(8)|resize(16)',
-                '--config.pp_eval=resize(16)', '--config.total_steps=100',
-                '--config.schedule.warmup_steps=10', '--config.evals.accuracy.every_steps=100',
-                '--config.log_steps=50', '--config.shuffle_buffer=2000',
-                *model_flags)
+                    'configs/finetune.py:model=R+Ti/16,dataset=digits,batch_size=64',
+                    f'--config.init_from={source_path}', '--config.image_size=16',
+                    '--config.pp_train=pad(1)|random_crop(8)|resize(16)',
+                    '--config.pp_eval=resize(16)', '--config.total_steps=100',
+                    '--config.schedule.warmup_steps=10', '--config.evals.accuracy.every_steps=100',
+                    '--config.log_steps=50', '--config.shuffle_buffer=2000',
+                    *model_flags)
+  stdout = fine.stdout
   # The stem and encoder load as they are; the grid grows from 2x2 to 4x4.
   assert 'resized Transformer/posembed_input/pos_embedding (1, 5, 32) -> (1, 17, 32)' in stdout
   assert 'initialized fresh: head/kernel (32, 10)' in stdout

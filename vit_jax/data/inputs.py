@@ -78,7 +78,9 @@ def make_train_input(config, source=None) -> TrainInput:
       config.train_split, pp=_pp_of(config, source, 'pp_train'),
       batch_size=config.batch_size, seed=config.seed,
       shuffle_buffer=config.shuffle_buffer, cache_raw=config.cache_raw,
-      on_corrupt=config.on_corrupt, num_classes=config.num_classes)
+      on_corrupt=config.on_corrupt, num_classes=config.num_classes,
+      **({'repeats': config.repeated_augmentation}
+         if config.get('repeated_augmentation', 1) != 1 else {}))
 
 
 def eval_passes(config, source, split: str) -> EvalPasses:

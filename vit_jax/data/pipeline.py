@@ -71,13 +71,27 @@ class TrainIterator:
                seed: int = 0, shuffle_buffer: int = 250_000,
                cache_raw: bool = False, on_corrupt: str = 'stop',
                num_classes: int | None = None, process_index: int = 0,
-               process_count: int = 1, threads: int | None = None):
+               process_count: int = 1, threads: int | None = None,
+               repeats: int = 1):
     _check_on_corrupt(on_corrupt)
     self.threads = threads  # tf.data worker threads (None: all cores)
     if batch_size % process_count:
       raise ValueError(f'global batch size {batch_size} is not divisible by '
                        f'the {process_count} processes; choose a multiple.')
     self.local_batch_size = batch_size // process_count
+    # Repeated augmentation (Hoffer et al. 2020; DeiT's RASampler): each
+    # image read goes into the batch `repeats` times, each copy with its own
+    # augmentation. The stream advances `repeats` times slower, so an epoch
+    # of steps sees 1/repeats of the images, as in DeiT. The copies stay on
+    # the process that read the image: for a model without batch
+    # statistics, where in the global batch they sit changes nothing.
+    if repeats < 1 or self.local_batch_size % repeats:
+      raise ConfigError(
+          f'config.repeated_augmentation={repeats}: expected a whole number '
+          f'>= 1 that divides the per-process batch {self.local_batch_size}; '
+          f'choose one that does (3 in DeiT, with a batch that is a multiple '
+          f'of 3 per process).')
+    self.repeats = repeats
     self.preprocess = Preprocess(pp)
     self.seed, self.shuffle_buffer = seed, shuffle_buffer
     self.on_corrupt, self.num_classes = on_corrupt, num_classes
@@ -108,14 +122,23 @@ class TrainIterator:
 
   def _example(self, ex: dict) -> dict:
     seed = _example_seed(self.seed, self.process_index, ex['position'])
+    if self.repeats > 1:
+      seed = tf.random.experimental.stateless_fold_in(seed, ex['copy'])
     out = self.preprocess.example_fn(ex, seed)
     label = out['label']
     if self.preprocess.needs_onehot and label.dtype.is_integer:
       label = tf.one_hot(label, self.num_classes)
     return {'image': out['image'], 'label': label, 'position': ex['position']}
 
+  def _copies(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Each element `repeats` times in a row, numbered by 'copy'."""
+    if self.repeats == 1:
+      return ds
+    copies = tf.data.Dataset.range(self.repeats)
+    return ds.flat_map(lambda ex: copies.map(lambda c: {**ex, 'copy': c}))
+
   def _build(self) -> Iterator[dict]:
-    ds = self._stream(self.position).map(
+    ds = self._copies(self._stream(self.position)).map(
         self._example, num_parallel_calls=_AUTOTUNE, deterministic=True)
     _check_fixed_size(ds.element_spec, self.preprocess.spec)
     if self.on_corrupt == 'skip':
@@ -139,7 +162,7 @@ class TrainIterator:
     for ex in self._stream(self.position).take(
         64 * self.local_batch_size + 1024):
       try:
-        self._example(ex)
+        self._example({**ex, 'copy': tf.constant(0, tf.int64)})
       except (tf.errors.OpError, ValueError) as e:
         key = ex['key'].numpy().decode()
         return CorruptImageError(
@@ -160,8 +183,9 @@ class TrainIterator:
       batch = next(self._iterator)
     except tf.errors.OpError as e:
       raise self._find_corrupt() from e
+    # A corrupt image fails in every copy, so batches hold whole groups.
     end = int(batch.pop('position')[-1]) + 1
-    self.skipped += end - self.position - self.local_batch_size
+    self.skipped += end - self.position - self.local_batch_size // self.repeats
     self.position = end
     self.next_batch += 1
     return _model_batch(batch)
@@ -182,7 +206,7 @@ class TrainIterator:
     else:
       # Another process count splits the data differently; keep the epoch
       # count, lose the exact order.
-      self.position = self.next_batch * self.local_batch_size
+      self.position = self.next_batch * self.local_batch_size // self.repeats
       logging.warning('data state saved by %d processes, restored on %d: '
                       'continuing at the same number of examples per process '
                       'but not the same order.', len(positions),
