@@ -240,3 +240,51 @@ def test_random_erasing_draws_the_published_boxes():
   assert abs(log_aspect.mean() - ref_log_aspect.mean()) < (
       3 * ref_log_aspect.std() / np.sqrt(len(log_aspect)))
   assert area.min() >= ref_area.min() - 1e-9 and area.max() <= ref_area.max() + 1e-9
+
+
+def test_integer_steps_of_posterize_and_solarize_follow_the_magnitude_exactly():
+  """The step each op takes at magnitude m, as numbers (Python's int and
+  round) or as a tensor (magnitude noise): the same pixels for m in 0..30."""
+  pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, -1)
+  image = tf.constant(pixels)
+  for m in range(31):
+    dropped = min(int(round(m / 10 * 4)), 7)
+    threshold = max(256 - int(m / 10 * 256), 0)
+    added = np.clip(pixels.astype(int) + int(m / 10 * 110), 0, 255)
+    expected = {
+        randaugment.posterize: (pixels >> dropped) << dropped,
+        randaugment.solarize: np.where(pixels >= threshold, 255 - pixels, pixels),
+        randaugment.solarize_add: np.where(pixels < 128, added, pixels)}
+    for op, want in expected.items():
+      for magnitude in (m, tf.constant(float(m))):
+        np.testing.assert_array_equal(op(image, SEED, magnitude), want,
+                                      err_msg=f'{op.__name__} m={m}')
+
+
+def test_magnitude_noise_is_timms_clipped_normal():
+  """1,000 draws of DeiT's rand-m9-mstd0.5: N(9, 0.5^2) clipped to [0, 10]
+  (timm's RandAugment draws random.gauss(m, std) per op, then clips to its
+  reference strength 10)."""
+  draws = np.array([float(randaugment.layer_magnitude(
+      tf.constant([7, i], tf.int64), 9, 0.5)) for i in range(1000)])
+  assert draws.min() >= 0 and draws.max() == 10
+  # P(N(9, 0.25) > 10) = 1 - Phi(2) = 0.02275: about 23 of 1,000 at 10.
+  assert 10 <= np.sum(draws == 10) <= 40
+  unclipped = draws[draws < 10]
+  assert abs(unclipped.mean() - 8.972) < 0.05  # E[X | X < 10] = 9 - 0.5 phi(2) / Phi(2)
+  assert abs(unclipped.std() - 0.471) < 0.04  # its standard deviation
+  assert randaugment.layer_magnitude(tf.constant([7, 0], tf.int64), 9, 0) == 9
+  # Above the reference strength (AugReg's 15, 20) the bound is the magnitude.
+  assert max(float(randaugment.layer_magnitude(tf.constant([1, i], tf.int64), 20, 2))
+             for i in range(200)) == 20
+
+
+def test_randaug_with_magnitude_noise_in_an_op_string():
+  image = _digit_image()
+  preprocess = ops.Preprocess('randaug(2,9,0.5)')
+  outputs = {preprocess.example_fn({'image': image, 'label': tf.constant(0)},
+                                   tf.constant([0, i], tf.int64))['image'].numpy().tobytes()
+             for i in range(20)}
+  assert len(outputs) > 10
+  with pytest.raises(ValueError, match='randaug magnitude noise -1 is negative'):
+    randaugment.randaugment(image, SEED, magnitude_std=-1)

@@ -161,10 +161,13 @@ def flip_lr():
 
 
 @_example_op
-def randaug(num_layers=2, magnitude=10):
-  """RandAugment: `num_layers` ops drawn uniformly, each at `magnitude` of 10."""
+def randaug(num_layers=2, magnitude=10, magnitude_std=0):
+  """RandAugment: `num_layers` ops drawn uniformly, each at `magnitude` of
+  10, or with `magnitude_std` (DeiT: randaug(2,9,0.5)) at a magnitude drawn
+  per op around it."""
   return _on_image(lambda image, seed: randaugment.randaugment(
-      _decode_full(image), seed, num_layers=num_layers, magnitude=magnitude))
+      _decode_full(image), seed, num_layers=num_layers, magnitude=magnitude,
+      magnitude_std=magnitude_std))
 
 
 @_example_op

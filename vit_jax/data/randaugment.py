@@ -87,19 +87,25 @@ def rotate(image, seed, m):
   return _affine(image, tf.stack([cos, -sin, x_off, sin, cos, y_off, 0., 0.]))
 
 
+# The magnitude is a number or (with magnitude noise) a scalar tensor;
+# float64 keeps the integer steps below exactly where Python puts them.
+def _steps(m, scale, rounding=tf.floor):
+  return tf.cast(rounding(tf.cast(m, tf.float64) / 10 * scale), tf.int32)
+
+
 def posterize(image, seed, m):
-  dropped = min(int(round(m / 10 * 4)), 7)
-  shift = tf.constant(dropped, tf.uint8)
+  dropped = tf.minimum(_steps(m, 4, tf.round), 7)  # round half to even
+  shift = tf.cast(dropped, tf.uint8)
   return tf.bitwise.left_shift(tf.bitwise.right_shift(image, shift), shift)
 
 
 def solarize(image, seed, m):
-  threshold = max(256 - int(m / 10 * 256), 0)
+  threshold = tf.maximum(256 - _steps(m, 256), 0)
   return tf.where(tf.cast(image, tf.int32) >= threshold, 255 - image, image)
 
 
 def solarize_add(image, seed, m):
-  added = to_uint8(_float(image) + int(m / 10 * 110))
+  added = to_uint8(_float(image) + _float(_steps(m, 110)))
   return tf.where(image < 128, added, image)
 
 
@@ -174,18 +180,35 @@ OPS = (identity, auto_contrast, equalize, invert, rotate, posterize, solarize,
        translate_x, translate_y, cutout)
 
 
+def layer_magnitude(seed: tf.Tensor, magnitude: float, magnitude_std: float):
+  """The magnitude of one op: `magnitude`, or with `magnitude_std` > 0 a
+  draw from N(magnitude, magnitude_std^2) clipped to [0, max(10,
+  magnitude)] (timm's `mstd`, e.g. DeiT's rand-m9-mstd0.5: its upper
+  bound is the reference strength 10)."""
+  if not magnitude_std:
+    return magnitude
+  draw = magnitude + magnitude_std * tf.random.stateless_normal([], seed)
+  return tf.clip_by_value(draw, 0.0, max(10.0, magnitude))
+
+
 def randaugment(image: tf.Tensor, seed: tf.Tensor, *, num_layers: int = 2,
-                magnitude: float = 10) -> tf.Tensor:
-  """`num_layers` ops from OPS, chosen independently per example."""
+                magnitude: float = 10, magnitude_std: float = 0.) -> tf.Tensor:
+  """`num_layers` ops from OPS, chosen independently per example, each at
+  `layer_magnitude`."""
   if not 0 <= magnitude <= 30:
     raise ValueError(f'randaug magnitude {magnitude} is outside [0, 30]; '
                      f'10 is the reference strength, AugReg uses 10 to 20.')
+  if magnitude_std < 0:
+    raise ValueError(f'randaug magnitude noise {magnitude_std} is negative; '
+                     f'DeiT uses 0.5, 0 turns it off.')
   for layer in range(num_layers):
     layer_seed = tf.random.experimental.stateless_fold_in(seed, layer)
     choice_seed, op_seed = tf.unstack(
         tf.random.experimental.stateless_split(layer_seed, 2))
+    m = layer_magnitude(tf.random.experimental.stateless_fold_in(layer_seed, 2),
+                        magnitude, magnitude_std)
     choice = tf.random.stateless_uniform([], choice_seed, 0, len(OPS), tf.int32)
     image = tf.switch_case(choice, [
         lambda op=op, image=image: tf.ensure_shape(
-            op(image, op_seed, magnitude), image.shape) for op in OPS])
+            op(image, op_seed, m), image.shape) for op in OPS])
   return image
