@@ -405,8 +405,21 @@ def test_repeated_augmentation_puts_each_image_k_times_in_each_global_batch(proc
       np.testing.assert_array_equal(next(a)['images'], next(b)['images'])
 
 
-def test_repeated_augmentation_must_divide_the_process_batch():
-  with pytest.raises(ConfigError, match=r'config.repeated_augmentation=3: expected '
-                     r'a whole number >= 1 that divides the per-process batch 4'):
+def test_repeated_augmentation_groups_may_end_in_the_next_batch():
+  """k=3 with 4 images a batch: a group of copies straddles two batches;
+  over 3 batches each of 4 images has its 3 copies, and an iterator
+  resumed in the middle of a group continues with the same copies."""
+  def iterator():
+    return pipeline.TrainIterator(_numbered_photos(), 'train', pp='flip_lr',
+                                  batch_size=4, seed=1, repeats=3)
+  running = iterator()
+  labels = [next(running)['labels'].tolist() for _ in range(3)]
+  assert labels[0][:3] == [labels[0][0]] * 3 and labels[0][3] == labels[1][0]
+  assert sorted(collections.Counter(sum(labels, [])).values()) == [3] * 4
+  resumed = iterator()
+  resumed.position, resumed.next_batch = 4, 1  # after batch 0, mid-group
+  np.testing.assert_array_equal(next(resumed)['labels'], labels[1])
+  with pytest.raises(ConfigError, match=r'config.repeated_augmentation=0: '
+                     r'expected a whole number >= 1'):
     pipeline.TrainIterator(_numbered_photos(), 'train', pp='', batch_size=8,
-                           repeats=3, process_index=0, process_count=2)
+                           repeats=0)

@@ -140,13 +140,7 @@ def check_config(config, num_devices: int) -> None:
         f'warmup_steps to at most {config.total_steps} (e.g. '
         f'{config.total_steps // 10}).')
 
-  repeats = config.get('repeated_augmentation', 1)
-  _positive_int('repeated_augmentation', repeats)
-  if config.batch_size is not None and config.batch_size % repeats:
-    raise ConfigError(
-        f'config.repeated_augmentation={repeats} does not divide '
-        f'config.batch_size={config.batch_size}; choose a batch size that is '
-        f'a multiple of {repeats}.')
+  _positive_int('repeated_augmentation', config.get('repeated_augmentation', 1))
 
   if config.get('ema_decay') is not None:
     _number('ema_decay', config.ema_decay, low=0., high=1., high_open=True)

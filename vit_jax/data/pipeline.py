@@ -80,17 +80,16 @@ class TrainIterator:
                        f'the {process_count} processes; choose a multiple.')
     self.local_batch_size = batch_size // process_count
     # Repeated augmentation (Hoffer et al. 2020; DeiT's RASampler): each
-    # image read goes into the batch `repeats` times, each copy with its own
-    # augmentation. The stream advances `repeats` times slower, so an epoch
-    # of steps sees 1/repeats of the images, as in DeiT. The copies stay on
-    # the process that read the image: for a model without batch
-    # statistics, where in the global batch they sit changes nothing.
-    if repeats < 1 or self.local_batch_size % repeats:
-      raise ConfigError(
-          f'config.repeated_augmentation={repeats}: expected a whole number '
-          f'>= 1 that divides the per-process batch {self.local_batch_size}; '
-          f'choose one that does (3 in DeiT, with a batch that is a multiple '
-          f'of 3 per process).')
+    # image read goes into the batches `repeats` times in a row, each copy
+    # with its own augmentation (in one batch when `repeats` divides the
+    # per-process batch; otherwise a group may end in the next batch). The
+    # stream advances `repeats` times slower, so an epoch of steps sees
+    # 1/repeats of the images, as in DeiT. The copies stay on the process
+    # that read the image: for a model without batch statistics, where in
+    # the global batch they sit changes nothing.
+    if not isinstance(repeats, int) or repeats < 1:
+      raise ConfigError(f'config.repeated_augmentation={repeats!r}: expected '
+                        f'a whole number >= 1 (3 in DeiT, 1 for none).')
     self.repeats = repeats
     self.preprocess = Preprocess(pp)
     self.seed, self.shuffle_buffer = seed, shuffle_buffer
@@ -102,7 +101,7 @@ class TrainIterator:
     if self.num_local == 0:
       raise ValueError(f'process {process_index} has no examples of split '
                        f'{split!r}; use a larger split or fewer processes.')
-    self.position = 0      # stream elements consumed by this process
+    self.position = 0      # stream elements (x repeats) consumed here
     self.next_batch = 0    # global batches produced (same on every process)
     self.skipped = 0       # corrupt images skipped by this process
     self._iterator = None
@@ -128,17 +127,23 @@ class TrainIterator:
     label = out['label']
     if self.preprocess.needs_onehot and label.dtype.is_integer:
       label = tf.one_hot(label, self.num_classes)
-    return {'image': out['image'], 'label': label, 'position': ex['position']}
+    position = ex['position']
+    if self.repeats > 1:
+      position = position * self.repeats + ex['copy']
+    return {'image': out['image'], 'label': label, 'position': position}
 
-  def _copies(self, ds: tf.data.Dataset) -> tf.data.Dataset:
-    """Each element `repeats` times in a row, numbered by 'copy'."""
+  def _copies(self, position: int) -> tf.data.Dataset:
+    """The stream from `position` (in copies): each element `repeats`
+    times in a row, numbered by 'copy'."""
     if self.repeats == 1:
-      return ds
+      return self._stream(position)
+    element, copy = divmod(position, self.repeats)
     copies = tf.data.Dataset.range(self.repeats)
-    return ds.flat_map(lambda ex: copies.map(lambda c: {**ex, 'copy': c}))
+    return self._stream(element).flat_map(
+        lambda ex: copies.map(lambda c: {**ex, 'copy': c})).skip(copy)
 
   def _build(self) -> Iterator[dict]:
-    ds = self._copies(self._stream(self.position)).map(
+    ds = self._copies(self.position).map(
         self._example, num_parallel_calls=_AUTOTUNE, deterministic=True)
     _check_fixed_size(ds.element_spec, self.preprocess.spec)
     if self.on_corrupt == 'skip':
@@ -159,7 +164,7 @@ class TrainIterator:
   def _find_corrupt(self) -> CorruptImageError:
     """Re-runs examples one by one from the current position to name the one
     that fails (only after an error, so no cost otherwise)."""
-    for ex in self._stream(self.position).take(
+    for ex in self._stream(self.position // self.repeats).take(
         64 * self.local_batch_size + 1024):
       try:
         self._example({**ex, 'copy': tf.constant(0, tf.int64)})
@@ -183,9 +188,8 @@ class TrainIterator:
       batch = next(self._iterator)
     except tf.errors.OpError as e:
       raise self._find_corrupt() from e
-    # A corrupt image fails in every copy, so batches hold whole groups.
     end = int(batch.pop('position')[-1]) + 1
-    self.skipped += end - self.position - self.local_batch_size // self.repeats
+    self.skipped += end - self.position - self.local_batch_size  # copies
     self.position = end
     self.next_batch += 1
     return _model_batch(batch)
@@ -206,7 +210,7 @@ class TrainIterator:
     else:
       # Another process count splits the data differently; keep the epoch
       # count, lose the exact order.
-      self.position = self.next_batch * self.local_batch_size // self.repeats
+      self.position = self.next_batch * self.local_batch_size
       logging.warning('data state saved by %d processes, restored on %d: '
                       'continuing at the same number of examples per process '
                       'but not the same order.', len(positions),
@@ -215,8 +219,8 @@ class TrainIterator:
 
   def metrics(self) -> dict[str, float]:
     """Collective on multi-host runs, like get_state."""
-    return {'data/skipped_images':
-            float(_gather_per_process(np.array([self.skipped]))[:, 0].sum())}
+    return {'data/skipped_images': float(_gather_per_process(
+        np.array([self.skipped]))[:, 0].sum()) / self.repeats}
 
 
 def eval_batches(source, split: str, *, pp: str, batch_size: int,
