@@ -111,11 +111,12 @@ def _saved_steps(workdir):
 
 def test_sigkills_never_lose_the_run(tmp_path):
   """Three runs SIGKILLed and rerun to the end, each ending bitwise equal
-  to an uninterrupted run: one killed once its first checkpoint is complete
-  (the rerun must continue from it, not restart), two killed twice at
-  random steps (often while an asynchronous checkpoint is being written)."""
+  to an uninterrupted run, parameters and their moving average (EMA): one
+  killed once its first checkpoint is complete (the rerun must continue
+  from it, not restart), two killed twice at random steps (often while an
+  asynchronous checkpoint is being written)."""
   import random  # pylint: disable=g-import-not-at-top
-  options = {'steps': 24, 'checkpoint_steps': 3}
+  options = {'steps': 24, 'checkpoint_steps': 3, 'ema_decay': 0.9}
   straight = run_tiny(options, tmp_path / 'straight')
   rng = random.Random(0)
   for trial in range(3):
@@ -143,6 +144,7 @@ def test_sigkills_never_lose_the_run(tmp_path):
     summary = json.loads(''.join(lines).split('SUMMARY ')[-1])
     assert summary['steps'][-1] == 24
     assert summary['digest'] == straight['digest'], f'trial {trial}'
+    assert summary['ema_digest'] == straight['ema_digest'] is not None, f'trial {trial}'
 
 
 def test_resuming_with_another_model_shape_is_an_error_not_damage(tmp_path):

@@ -47,6 +47,8 @@ def tiny_config(options):
   config.keep_checkpoints = 2
   config.keep_every = 0
   config.async_checkpoints = options.get('async_checkpoints', True)
+  if 'ema_decay' in options:
+    config.ema_decay = options['ema_decay']
   if options.get('dataset') == 'digits':  # the bundled real data
     config.dataset = 'digits'
     config.image_size = 8

@@ -40,15 +40,18 @@ def main():
                                    log=lambda line: print(line, flush=True))
   except Preempted:
     sys.exit(EXIT_PREEMPTED)
-  params = jax.tree.map(
-      lambda x: np.asarray(jax.experimental.multihost_utils.process_allgather(
-          x, tiled=True)), state.params)
-  leaves = jax.tree.leaves(params)
-  digest = hashlib.sha256(b''.join(l.tobytes() for l in leaves)).hexdigest()
+  def gathered_digest(tree):
+    leaves = jax.tree.leaves(jax.tree.map(
+        lambda x: np.asarray(jax.experimental.multihost_utils.process_allgather(
+            x, tiled=True)), tree))
+    return leaves, hashlib.sha256(b''.join(l.tobytes() for l in leaves)).hexdigest()
+  leaves, digest = gathered_digest(state.params)
+  ema_digest = (gathered_digest(state.ema_params)[1]
+                if state.ema_params is not None else None)
   held = sharding.bytes_per_device((state.params, state.opt_state))
   summary = dict(
       losses=[h['loss'] for h in history], steps=[h['step'] for h in history],
-      digest=digest, params_flat=[float(v) for l in leaves for v in l.ravel()[:64]],
+      digest=digest, ema_digest=ema_digest, params_flat=[float(v) for l in leaves for v in l.ravel()[:64]],
       total_bytes=sum(l.nbytes for l in jax.tree.leaves(
           (state.params, state.opt_state))),
       max_bytes_per_device=max(held.values()),
