@@ -423,3 +423,28 @@ def test_repeated_augmentation_groups_may_end_in_the_next_batch():
                      r'expected a whole number >= 1'):
     pipeline.TrainIterator(_numbered_photos(), 'train', pp='', batch_size=8,
                            repeats=0)
+
+
+@pytest.mark.parametrize('on_corrupt', ['stop', 'skip'])
+def test_image_deleted_during_training_is_named_or_skipped(tmp_path, on_corrupt):
+  """A photo removed after the run has listed the folder: with stop, one
+  error naming the file (like an image that does not decode); with skip,
+  counted once per pass over it."""
+  from photo_folders import make_photo_folder  # pylint: disable=g-import-not-at-top
+  root = make_photo_folder(tmp_path / 'photos', train_per_class=4, test_per_class=1)
+  train = pipeline.TrainIterator(sources.FolderSource(str(root)), 'train',
+                                 pp='decode|resize(16)', batch_size=4, seed=0,
+                                 on_corrupt=on_corrupt)
+  next(train)
+  deleted = root / 'train' / 'china_left' / '1.jpg'
+  deleted.unlink()
+  if on_corrupt == 'stop':
+    with pytest.raises(pipeline.CorruptImageError,
+                       match=f'cannot read an image of the dataset: {deleted}; '
+                             f'No such file or directory. Remove or fix the file'):
+      for _ in range(12):
+        next(train)
+  else:
+    for _ in range(11):  # 12 batches of 4: three passes over the 16 images
+      next(train)
+    assert train.metrics() == {'data/skipped_images': 3.0}

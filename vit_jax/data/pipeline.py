@@ -12,6 +12,7 @@ with mask 0.
 """
 
 import logging
+import re
 from typing import Callable, Iterator
 
 import numpy as np
@@ -42,6 +43,15 @@ def _model_batch(batch: dict) -> dict:
 def _example_seed(seed: int, process_index: int, position):
   return tf.random.experimental.stateless_fold_in(
       tf.constant([seed, process_index], tf.int64), position)
+
+
+def _error_line(error: Exception) -> str:
+  """What a TensorFlow error says, without its graph and iterator context
+  (e.g. 'DIR/cat/1.jpg; No such file or directory')."""
+  text = re.sub(r'\[\[.*?\]\]|\{\{.*?\}\}|\[Op:[^\]]*\]|name:\s*$', '',
+                str(error), flags=re.S).strip()
+  first = text.splitlines()[0] if text else type(error).__name__
+  return first.rsplit(': ', 1)[-1].strip()[:300]
 
 
 def _check_on_corrupt(on_corrupt):
@@ -163,18 +173,28 @@ class TrainIterator:
 
   def _find_corrupt(self) -> CorruptImageError:
     """Re-runs examples one by one from the current position to name the one
-    that fails (only after an error, so no cost otherwise)."""
-    for ex in self._stream(self.position // self.repeats).take(
-        64 * self.local_batch_size + 1024):
+    that fails (only after an error, so no cost otherwise): one that cannot
+    be read (e.g. deleted since the run started) fails in the stream itself,
+    one that cannot be decoded in its preprocessing."""
+    stream = iter(self._stream(self.position // self.repeats).take(
+        64 * self.local_batch_size + 1024))
+    advice = ('Remove or fix the file, or set --config.on_corrupt=skip to skip '
+              'such images (counted in the metric data/skipped_images).')
+    while True:
+      try:
+        ex = next(stream)
+      except StopIteration:
+        break
+      except tf.errors.OpError as e:
+        return CorruptImageError(
+            f'cannot read an image of the dataset: {_error_line(e)}. {advice}')
       try:
         self._example({**ex, 'copy': tf.constant(0, tf.int64)})
       except (tf.errors.OpError, ValueError) as e:
         key = ex['key'].numpy().decode()
         return CorruptImageError(
             f'cannot decode or preprocess image {key!r}: '
-            f'{str(e).splitlines()[0]}. Remove or fix the file, or set '
-            f'--config.on_corrupt=skip to skip such images (counted in the '
-            f'metric data/skipped_images).')
+            f'{str(e).splitlines()[0]}. {advice}')
     return CorruptImageError('the input pipeline failed, but no single image '
                              'reproduces the error; see the error above.')
 
