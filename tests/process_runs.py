@@ -49,6 +49,15 @@ def run_module(module, *args, **kwargs):
   return run_python('-m', module, *args, **kwargs)
 
 
+def start_module(module, *args, env=None, cwd=ROOT):
+  """`python -m module args` running, its stdout piped (text lines), its
+  stderr in `proc.stderr` once read."""
+  return subprocess.Popen(
+      [sys.executable, '-m', module, *map(str, args)], cwd=cwd,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=env or {**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
 def free_port() -> int:
   with socket.socket() as probe:
     probe.bind(('127.0.0.1', 0))

@@ -8,13 +8,32 @@ import signal
 
 import pytest
 
-from process_runs import read_until_step
+from process_runs import read_until_step, start_module
 from tiny_jobs import run_tiny, run_tiny_process, start_tiny, start_two_processes, tiny_config
 from vit_jax.data.synthetic import BatchIterator, SyntheticSource
 from vit_jax.runtime.user_errors import UserError
 from vit_jax.training import loop as trainer
 
 EXIT_PREEMPTED = 75
+
+
+def test_sigterm_while_starting_is_one_line_and_exit_75(tmp_path):
+  """SIGTERM once the run has printed its first line (reading the data,
+  before the train loop watches for signals): one line, exit 75, no
+  traceback, and no checkpoint (none was due)."""
+  proc = start_module('vit_jax.train', '--config', 'configs/demo.py',
+                      '--workdir', tmp_path / 'run')
+  first = proc.stdout.readline()
+  assert first.startswith('1 processes, 1 devices'), first
+  proc.send_signal(signal.SIGTERM)
+  rest, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == EXIT_PREEMPTED, stderr[-2000:]
+  assert rest.splitlines() == [
+      'stopped by SIGTERM before or after the train loop, where no step can '
+      'be lost; rerun the same command to continue.']
+  assert stderr == ''
+  assert not (tmp_path / 'run' / 'checkpoints').exists() or not any(
+      (tmp_path / 'run' / 'checkpoints').iterdir())
 
 
 def test_sigterm_saves_the_current_step(tmp_path):

@@ -32,7 +32,8 @@ import jax
 from ml_collections import config_flags
 
 from vit_jax.runtime import platform
-from vit_jax.runtime.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
+from vit_jax.runtime.preemption import (EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted,
+                                        StoppedOutsideTraining, stop_on_sigterm)
 from vit_jax.config import describe
 from vit_jax.config import files as config_files
 from vit_jax.runtime import coordination
@@ -266,6 +267,7 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
     # Orbax logs every save step at INFO; progress is printed by `console`.
     logging.set_verbosity(logging.WARNING)
     try:
+      stop_on_sigterm()
       platform.skip_absent_tpu()
       if distributed:
         initialize_distributed()
@@ -279,7 +281,7 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
       if coordination.multiprocess():
         _report_failure(str(e))
       _exit(EXIT_USER_ERROR)
-    except Preempted as e:
+    except (Preempted, StoppedOutsideTraining) as e:
       console(str(e))
       _exit(EXIT_PREEMPTED)
     except KeyboardInterrupt:

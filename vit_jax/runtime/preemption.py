@@ -34,6 +34,30 @@ class Preempted(Exception):
     self.step = step
 
 
+class StoppedOutsideTraining(BaseException):
+  """A SIGTERM before the train loop watches for one (start-up: reading
+  the data, restoring, compiling) or after it (the export). A
+  BaseException, like KeyboardInterrupt: code that catches Exception (e.g.
+  TensorFlow's AutoGraph, which falls back when a conversion fails) must not
+  swallow it."""
+
+  def __init__(self):
+    super().__init__('stopped by SIGTERM before or after the train loop, '
+                     'where no step can be lost; rerun the same command to '
+                     'continue.')
+
+
+def stop_on_sigterm() -> None:
+  """Until a PreemptionWatcher takes over (and after it hands back), a
+  SIGTERM raises StoppedOutsideTraining in the main thread, so the entry
+  point can say so in one line and exit with EXIT_PREEMPTED."""
+  def stop(signum, frame):
+    del signum, frame
+    raise StoppedOutsideTraining()
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, stop)
+
+
 class PreemptionWatcher:
   """`install()`, then `should_stop(step)` is True once a stop was asked;
   `uninstall()` puts the previous handlers back. `reason` names the signal."""
