@@ -36,6 +36,34 @@ def test_sigterm_while_starting_is_one_line_and_exit_75(tmp_path):
       (tmp_path / 'run' / 'checkpoints').iterdir())
 
 
+def test_second_ctrl_c_stops_at_once_and_says_what_was_saved(tmp_path):
+  """Ctrl-C asks for a checkpoint at the next step; a second one stops at
+  once, exit 130, without waiting for a save in flight, and its one line
+  says whether a checkpoint was left being written."""
+  import re  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  proc = start_module('vit_jax.train', '--config', 'configs/demo.py',
+                      '--workdir', workdir, '--config.log_steps=10',
+                      '--config.evals.fewshot.every_steps=0')
+  read_until_step(proc, 20)
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.3)
+  proc.send_signal(signal.SIGINT)
+  interrupted = time.time()
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130, stderr[-2000:]
+  assert time.time() - interrupted < 20
+  lines = stderr.strip().splitlines()
+  assert lines[0].startswith('Ctrl-C: stopping at the next step with a checkpoint')
+  assert re.fullmatch(
+      r'interrupted: stopped at once(, without waiting for the checkpoint of '
+      r'step (\d+) being written; rerun the same command to resume from the '
+      r'last complete one| without saving; rerun the same command to resume '
+      r'from the last checkpoint)\.', lines[-1]), lines[-1]
+  assert 'Traceback' not in stderr and len(lines) == 2
+
+
 def test_sigterm_saves_the_current_step(tmp_path):
   """SIGTERM takes the path of Ctrl-C, whose exact resume
   test_pod_failures.py checks: a checkpoint at the step where it stopped."""

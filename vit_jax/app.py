@@ -32,7 +32,8 @@ import jax
 from ml_collections import config_flags
 
 from vit_jax.runtime import platform
-from vit_jax.runtime.preemption import (EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted,
+from vit_jax.runtime.preemption import (EXIT_INTERRUPTED, EXIT_PREEMPTED,
+                                        InterruptedAtOnce, Preempted,
                                         StoppedOutsideTraining, stop_on_sigterm)
 from vit_jax.config import describe
 from vit_jax.config import files as config_files
@@ -284,9 +285,12 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
     except (Preempted, StoppedOutsideTraining) as e:
       console(str(e))
       _exit(EXIT_PREEMPTED)
-    except KeyboardInterrupt:
-      print('interrupted: stopped without saving', file=sys.stderr, flush=True)
-      _exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as e:
+      print(str(e) if isinstance(e, InterruptedAtOnce) else
+            'interrupted: stopped without saving', file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      # Not the interpreter's exit: it would join orbax's background save.
+      os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
     except Exception as e:  # pylint: disable=broad-except
       reported = _reported_failure() if coordination.multiprocess() else None
       if reported:

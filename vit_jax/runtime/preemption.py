@@ -58,6 +58,22 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+class InterruptedAtOnce(KeyboardInterrupt):
+  """A second Ctrl-C: the run stops without saving and without waiting
+  for a checkpoint still being written (which is then left incomplete and
+  ignored by the rerun, as after a kill)."""
+
+  def __init__(self, step_being_saved: int | None):
+    if step_being_saved is None:
+      text = ('interrupted: stopped at once without saving; rerun the same '
+              'command to resume from the last checkpoint.')
+    else:
+      text = (f'interrupted: stopped at once, without waiting for the '
+              f'checkpoint of step {step_being_saved} being written; rerun '
+              f'the same command to resume from the last complete one.')
+    super().__init__(text)
+
+
 class PreemptionWatcher:
   """`install()`, then `should_stop(step)` is True once a stop was asked;
   `uninstall()` puts the previous handlers back. `reason` names the signal."""

@@ -122,6 +122,10 @@ class StateCheckpointer:
       failed = previous if previous not in (None, self._checked) else step
       raise self._save_error(e, failed) from e
 
+  def step_being_saved(self) -> int | None:
+    """The step whose save is still being written in the background."""
+    return self._saving if self._manager.is_saving_in_progress() else None
+
   def check_saved(self) -> None:
     """Raises CheckpointSaveError as soon as a background save has ended in
     failure (orbax would raise it only at the next save, one interval on)."""

@@ -12,7 +12,7 @@ import ml_collections
 
 from vit_jax.data.inputs import TrainInput
 from vit_jax.models import flops
-from vit_jax.runtime.preemption import Preempted, PreemptionWatcher
+from vit_jax.runtime.preemption import InterruptedAtOnce, Preempted, PreemptionWatcher
 from vit_jax.runtime.user_errors import ConfigError
 from vit_jax.training import metrics as metrics_lib
 from vit_jax.training import sharding
@@ -188,6 +188,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
         log(f'stop requested ({watcher.reason}): checkpoint at step {step}; '
             f'rerun to resume')
         raise Preempted(step)
+  except KeyboardInterrupt:
+    # A second Ctrl-C: closing the checkpointer would wait for a save in
+    # flight; the user asked to stop at once.
+    in_flight = checkpointer.step_being_saved() if checkpointer else None
+    checkpointer = None
+    raise InterruptedAtOnce(in_flight) from None
   finally:
     watcher.uninstall()
     if checkpointer is not None:
