@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ from etils import epath
 from vit_jax.runtime import coordination
 from vit_jax.runtime.paths import absolute_path
 from vit_jax.runtime.user_errors import UserError
+from vit_jax.training import checksums
 
 
 class _SaveFailureEchoes(logging.Filter):
@@ -84,6 +86,8 @@ class StateCheckpointer:
     self._save_every = save_every
     self._saving = None  # the step of the last save started
     self._checked = None  # the step of the last save checked for errors
+    self._manifested = None  # the last step given its checksums
+    self._manifest_writer = None  # the thread writing them
     _hold_save_failure_echoes()
     self._manager = ocp.CheckpointManager(
         directory,
@@ -121,6 +125,8 @@ class StateCheckpointer:
       # orbax first waits for the previous save: an error there is its.
       failed = previous if previous not in (None, self._checked) else step
       raise self._save_error(e, failed) from e
+    if previous is not None:
+      self._write_checksums(previous)  # orbax has waited for it to commit
 
   def step_being_saved(self) -> int | None:
     """The step whose save is still being written in the background."""
@@ -142,6 +148,29 @@ class StateCheckpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(e, self._saving) from e
     _ECHOES.release()
+    if self._saving is not None:
+      self._write_checksums(self._saving)
+
+  def _write_checksums(self, step: int) -> None:
+    """checksums.json for a committed step, on process 0, in a background
+    thread (it reads the checkpoint back); one at a time."""
+    if jax.process_index() != 0 or step == self._manifested:
+      return
+    self._manifested = step
+    if self._manifest_writer is not None:
+      self._manifest_writer.join()
+    folder = self._directory / str(step)
+
+    def write():
+      try:
+        checksums.write_manifest(folder)
+      except FileNotFoundError:
+        pass  # deleted meanwhile by the retention policy
+      except Exception as e:  # pylint: disable=broad-except
+        logging.getLogger('absl').warning(
+            'no checksums for the checkpoint of step %d: %s', step, e)
+    self._manifest_writer = threading.Thread(target=write, daemon=True)
+    self._manifest_writer.start()
 
   def _save_error(self, error: BaseException, step: int) -> 'CheckpointSaveError':
     _ECHOES.drop()
@@ -176,6 +205,7 @@ class StateCheckpointer:
     for step in reversed(steps):
       self._check_param_shapes(step, abstract_state)
       try:
+        checksums.verify_manifest(self._directory / str(step))
         state, data_state = self.restore(step, abstract_state)
         return step, state, data_state
       except Exception as e:  # pylint: disable=broad-except
@@ -240,6 +270,8 @@ class StateCheckpointer:
 
   def close(self) -> None:
     self._wait_for_save()
+    if self._manifest_writer is not None:
+      self._manifest_writer.join()
     self._manager.close()
 
 
