@@ -13,15 +13,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_python(*args, env=None, check=True, timeout=600, cwd=ROOT,
-               preexec_fn=None):
+def run_python(*args, env=None, check=True, timeout=600, cwd=ROOT):
   """`python args` (a script, `-c CODE` or `-m MODULE`) from the repository
   root (or `cwd`) on the CPU backend (or in `env`), its output captured;
-  with `check`, a non-zero exit fails with its stderr. `preexec_fn` runs
-  in the child before Python starts (e.g. to set a resource limit)."""
+  with `check`, a non-zero exit fails with its stderr."""
   out = subprocess.run([sys.executable, *map(str, args)],
                        cwd=cwd, capture_output=True, text=True,
-                       timeout=timeout, preexec_fn=preexec_fn,
+                       timeout=timeout,
                        env=env or {**os.environ, 'JAX_PLATFORMS': 'cpu'})
   if check:
     assert out.returncode == 0, out.stderr[-3000:]
@@ -64,19 +62,21 @@ def free_port() -> int:
     return probe.getsockname()[1]
 
 
-def start_processes(module, *args, logs, count=2, env=None, cwd=ROOT):
-  """`count` processes of `python -m module args`, one distributed job on
-  127.0.0.1; process i writes its stdout and stderr to `logs/i.out` and
+def start_processes(module, *args, logs, count=2, env=None, cwd=ROOT,
+                    num_processes=None, port=None):
+  """`count` processes of `python -m module args`, one distributed job of
+  `num_processes` (default `count`) on 127.0.0.1:`port` (default a free
+  one); process i writes its stdout and stderr to `logs/i.out` and
   `logs/i.err` (files: pipes that nobody reads would fill and block)."""
   logs.mkdir(parents=True, exist_ok=True)
-  port = free_port()
+  port = port or free_port()
   procs = []
   for i in range(count):
     with open(logs / f'{i}.out', 'w') as out, open(logs / f'{i}.err', 'w') as err:
       procs.append(subprocess.Popen(
           [sys.executable, '-m', module, *map(str, args),
            f'--coordinator_address=127.0.0.1:{port}',
-           f'--num_processes={count}', f'--process_id={i}'],
+           f'--num_processes={num_processes or count}', f'--process_id={i}'],
           cwd=cwd, stdout=out, stderr=err,
           env=env or {**os.environ, 'JAX_PLATFORMS': 'cpu'}))
   return procs

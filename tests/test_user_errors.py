@@ -239,29 +239,6 @@ def test_config_files_that_cannot_load_are_one_error_with_the_place(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
-def test_first_checkpoint_save_failing_is_one_line(tmp_path):
-  """Files limited to 200 KiB (`ulimit -f 200`): the metrics fit, the first
-  checkpoint does not. One line names the step, the folder and the cause;
-  orbax's per-thread error logs and TensorStore's late callbacks print
-  nothing."""
-  import resource  # pylint: disable=g-import-not-at-top
-  limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200 << 10, 200 << 10))
-  workdir = tmp_path / 'run'
-  out = run_module('vit_jax.train', *DEMO, '--workdir', str(workdir),
-                   '--config.total_steps=20', '--config.schedule.warmup_steps=2',
-                   '--config.checkpoint_steps=10', '--config.evals.fewshot.every_steps=0',
-                   check=False, timeout=300, preexec_fn=limit,
-                   # The test processes' compilation cache writes entries
-                   # above the limit (and warns when one fails).
-                   env={**os.environ, 'JAX_PLATFORMS': 'cpu',
-                        'JAX_ENABLE_COMPILATION_CACHE': 'false'})
-  assert out.stderr.splitlines() == [
-      f'error: saving the checkpoint of step 10 to {workdir}/checkpoints failed: '
-      f'OSError: [Errno 27] File too large; free space or fix access there, '
-      f'then rerun to resume from the last saved checkpoint.'], out.stderr[-3000:]
-  assert out.returncode == 2
-
-
 def test_init_from_of_another_model_stops_before_the_workdir(tmp_path):
   """A checkpoint of another width: one line counting the mismatches and
   naming the first few, and no config.json, labels.txt or checkpoints/."""
