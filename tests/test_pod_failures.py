@@ -4,6 +4,7 @@ host, a checkpoint one host cannot read, Ctrl-C."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -91,6 +92,43 @@ def test_a_coordinator_that_dies_during_start_up_is_one_line(tmp_path):
           'did not answer within 40 s' in line), line
   assert 'Fatal Python error' not in stderr and 'client.h' not in stderr
   procs[0].wait()
+
+
+def test_a_peer_killed_during_training_is_one_true_line(tmp_path):
+  """Process 1 SIGKILLed in the middle of training: process 0's next
+  collective breaks, and it says that another process is gone (not a
+  traceback, not the storage), exit 2."""
+  procs = start_processes('vit_jax.train', *DEMO, f'--workdir={tmp_path / "run"}',
+                          '--config.checkpoint_steps=20', logs=tmp_path / 'logs')
+  wait_for_line(tmp_path / 'logs' / '0.out', 'step 30/', proc=procs[0])
+  procs[1].kill()
+  procs[0].wait(timeout=120)
+  stderr = (tmp_path / 'logs' / '0.err').read_text()
+  assert procs[0].returncode == 2, stderr[-3000:]
+  line = one_error_line(stderr)
+  # Which collective breaks first depends on timing (the train step's
+  # all-reduce, most often).
+  assert re.fullmatch(
+      r'error: process 0: another process of this job is gone \(Gloo [\w-]+ '
+      r'failed: (Connection reset by peer|Connection closed by peer)\); this '
+      r'one cannot go on without it\. Rerun every process to resume from the '
+      r'last complete checkpoint\.', line), line
+  assert 'free space' not in stderr
+  procs[1].wait()
+
+
+def test_peer_gone_causes_are_told_from_storage_errors():
+  from vit_jax.runtime import coordination  # pylint: disable=g-import-not-at-top
+  gloo = RuntimeError('INTERNAL: Error dispatching computation: Gloo allgather '
+                      'failed: [gloo/transport/tcp/pair.cc:534] Read error '
+                      '[127.0.0.1]:1234: Connection reset by peer')
+  wrapped = ValueError('saving failed')
+  wrapped.__cause__ = gloo
+  assert coordination.peer_gone_cause(wrapped) == (
+      'Gloo allgather failed: Connection reset by peer')
+  assert coordination.peer_gone_cause(OSError(28, 'No space left on device')) is None
+  assert coordination.peer_gone_cause(RuntimeError('OUT_OF_RANGE: Failed to write '
+                                                   '462805 bytes: File too large')) is None
 
 
 def test_a_live_workdir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path):

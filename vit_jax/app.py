@@ -363,6 +363,12 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
         # message is the cause, this traceback only the consequence.
         print(f'error: stopping: {reported}', file=sys.stderr, flush=True)
         _exit(1)
+      gone = (coordination.peer_gone_cause(e)
+              if jax.process_count() > 1 else None)
+      if gone:
+        print(f'error: {coordination.peer_gone_message(gone)}',
+              file=sys.stderr, flush=True)
+        _exit(EXIT_USER_ERROR)
       traceback.print_exc()
       if coordination.multiprocess():
         _report_failure(f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'

@@ -5,6 +5,8 @@ JAX has no public API for the store, so this module is the only user of
 its private client; a JAX upgrade that moves it touches this file alone.
 """
 
+import re
+
 import jax
 from jax._src import distributed as _jax_distributed
 
@@ -53,3 +55,41 @@ def wait_for(key: str, seconds: float | None = None) -> str:
   (default: `peer_wait_seconds()`)."""
   seconds = peer_wait_seconds() if seconds is None else seconds
   return _client().blocking_key_value_get(key, int(seconds * 1000))
+
+
+# What a collective or the coordination service says when another process
+# of the job is gone (killed, crashed, its host lost): Gloo's TCP pairs on
+# CPU, gRPC statuses of the service, NCCL on GPUs.
+_PEER_GONE = re.compile(
+    r'(Connection reset by peer|Connection closed by peer|Broken pipe|'
+    r'Socket closed|failed to connect to all addresses|heartbeat|'
+    r'NCCL (?:error|WARN).*(?:remote|peer)|UNAVAILABLE:[^\n]*'
+    r'(?:coordination|connect|Socket))', re.IGNORECASE)
+_COLLECTIVE = re.compile(r'(Gloo [\w-]+ failed|NCCL [\w-]+ failed|'
+                         r'coordination service)', re.IGNORECASE)
+
+
+def peer_gone_cause(error: BaseException) -> str | None:
+  """When `error` (or an error it was raised from) says that another
+  process of the job went away, a short description of what broke
+  ('Gloo all-reduce failed: Connection reset by peer'); else None."""
+  seen, queue = set(), [error]
+  while queue:
+    e = queue.pop(0)
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    text = str(e)
+    gone = _PEER_GONE.search(text)
+    if gone:
+      collective = _COLLECTIVE.search(text)
+      return (f'{collective.group(1)}: {gone.group(1)}' if collective
+              else gone.group(1))
+    queue += [e.__cause__, e.__context__, *getattr(e, 'exceptions', ())]
+  return None
+
+
+def peer_gone_message(cause: str) -> str:
+  return (f'process {jax.process_index()}: another process of this job is '
+          f'gone ({cause}); this one cannot go on without it. Rerun every '
+          f'process to resume from the last complete checkpoint.')

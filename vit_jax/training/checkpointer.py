@@ -172,8 +172,12 @@ class StateCheckpointer:
     self._manifest_writer = threading.Thread(target=write, daemon=True)
     self._manifest_writer.start()
 
-  def _save_error(self, error: BaseException, step: int) -> 'CheckpointSaveError':
+  def _save_error(self, error: BaseException, step: int) -> UserError:
     _ECHOES.drop()
+    gone = (coordination.peer_gone_cause(error)
+            if jax.process_count() > 1 else None)
+    if gone:  # not the storage: the save's collectives lost a process
+      return PeerGoneError(coordination.peer_gone_message(gone))
     return CheckpointSaveError(
         f'saving the checkpoint of step {step} to {self._directory} failed: '
         f'{root_cause(error)}; free space or fix access there, then rerun to '
@@ -277,6 +281,10 @@ class StateCheckpointer:
 
 class NoUsableCheckpointError(UserError):
   """The workdir has checkpoints, and none of them restores."""
+
+
+class PeerGoneError(UserError):
+  """Another process of the job went away during a save."""
 
 
 class CheckpointSaveError(UserError):
