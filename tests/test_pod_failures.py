@@ -13,6 +13,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from process_runs import ROOT, finish, free_port, run_module, run_python, start_processes, wait_for_line
 from vit_jax.formats import transfer
@@ -115,6 +116,35 @@ def test_a_peer_killed_during_training_is_one_true_line(tmp_path):
       r'last complete checkpoint\.', line), line
   assert 'free space' not in stderr
   procs[1].wait()
+
+
+@pytest.mark.parametrize('hung', [1, 0])
+def test_a_hung_process_is_named_before_jax_aborts(tmp_path, hung):
+  """One process SIGSTOPped mid-run (hung, not dead): the other names it
+  (or, for process 0, the coordination service it holds) after half the
+  heartbeat timeout, in one line, exit 2, before JAX's own heartbeat check
+  would abort it with a C++ stack."""
+  procs = start_processes('vit_jax.train', *DEMO, f'--workdir={tmp_path / "run"}',
+                          '--heartbeat_timeout=20', logs=tmp_path / 'logs')
+  wait_for_line(tmp_path / 'logs' / '0.out', 'step 30/', proc=procs[0])
+  survivor = procs[1 - hung]
+  procs[hung].send_signal(signal.SIGSTOP)
+  stopped = time.time()
+  try:
+    survivor.wait(timeout=60)
+  finally:
+    procs[hung].kill()
+    procs[hung].wait()
+  stderr = (tmp_path / 'logs' / f'{1 - hung}.err').read_text()
+  assert survivor.returncode == 2, stderr[-3000:]
+  assert 9 < time.time() - stopped < 20  # half the timeout, not all of it
+  expected = ('process 1 has shown no sign of life for' if hung else
+              'the coordination service in process 0 has not answered for')
+  line = one_error_line(stderr)
+  assert line.startswith(f'error: process {1 - hung}: {expected} '), line
+  assert line.endswith('stopping (rerun every process to resume from the last '
+                       'complete checkpoint).'), line
+  assert 'Fatal Python error' not in stderr
 
 
 def test_peer_gone_causes_are_told_from_storage_errors():

@@ -204,20 +204,44 @@ def check_port_free(address: str) -> None:
 
 
 def _watch_for_failures() -> None:
-  """A daemon thread that ends this process as soon as another one reports
-  a failure (heartbeats only catch processes that died)."""
+  """Daemon threads that end this process as soon as another one reports
+  a failure (heartbeats only catch processes that died), or has shown no
+  sign of life for half the heartbeat timeout (hung or stopped: JAX would
+  abort this process with a C++ stack once the whole timeout is over)."""
 
   own = f'process {jax.process_index()} failed: '
+  liveness = coordination.PeerLiveness(hang_seconds=HEARTBEAT.value / 2)
+  beat_every = min(2.0, HEARTBEAT.value / 10)
 
   def watch():
+    last_beat = 0.0
     while True:
       time.sleep(_FAILURE_POLL_SECONDS)
       message = _reported_failure()
-      if message is None or message.startswith(own):
-        continue  # none, or this process's own: it is exiting with its code
-      print(f'error: stopping: {message}', file=sys.stderr, flush=True)
-      os._exit(1)  # pylint: disable=protected-access
+      if message is not None and not message.startswith(own):
+        print(f'error: stopping: {message}', file=sys.stderr, flush=True)
+        os._exit(1)  # pylint: disable=protected-access
+      # (None, or this process's own: it is exiting with its code.)
+      if time.monotonic() - last_beat >= beat_every:
+        last_beat = time.monotonic()
+        try:
+          liveness.beat()
+        except Exception:  # pylint: disable=broad-except
+          pass  # the service did not answer: `judge` counts the silence
+
+  def judge():
+    # No call to the service here: it must work when the service hangs.
+    while True:
+      time.sleep(1.0)
+      verdict = liveness.verdict()
+      if verdict:
+        print(f'error: process {jax.process_index()}: {verdict}; stopping '
+              f'(rerun every process to resume from the last complete '
+              f'checkpoint).', file=sys.stderr, flush=True)
+        os._exit(EXIT_USER_ERROR)  # pylint: disable=protected-access
+
   threading.Thread(target=watch, daemon=True, name='failure-watch').start()
+  threading.Thread(target=judge, daemon=True, name='hang-judge').start()
 
 
 def _reported_failure() -> str | None:
@@ -338,6 +362,8 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
       if distributed:
         initialize_distributed()
       main()
+      if coordination.multiprocess():
+        coordination.PeerLiveness.mark_done()
     except UserError as e:
       # A failed checkpoint save leaves orbax's asyncio futures holding the
       # same error; at exit asyncio would log each one with a traceback

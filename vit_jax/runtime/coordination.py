@@ -6,6 +6,7 @@ its private client; a JAX upgrade that moves it touches this file alone.
 """
 
 import re
+import time
 
 import jax
 from jax._src import distributed as _jax_distributed
@@ -93,3 +94,62 @@ def peer_gone_message(cause: str) -> str:
   return (f'process {jax.process_index()}: another process of this job is '
           f'gone ({cause}); this one cannot go on without it. Rerun every '
           f'process to resume from the last complete checkpoint.')
+
+
+class PeerLiveness:
+  """Signs of life of every process through the coordination service, so
+  that a process that hangs (stopped, swapped out, its host frozen) is
+  named before JAX's own heartbeat check aborts the others with a C++
+  stack. `beat()` (a thread calls it every few seconds) counts this
+  process's life up and reads everyone's counts; `verdict()` (local, no
+  call to the service) says who has shown none for `hang_seconds`, or that
+  the service itself (process 0) stopped answering."""
+
+  PREFIX = 'vit_jax/alive/'
+  # A process that finished its part (e.g. while process 0 still exports)
+  # is not hung.
+  DONE = 'vit_jax/done/'
+
+  def __init__(self, hang_seconds: float):
+    self.hang_seconds = hang_seconds
+    self.started = self.last_answer = time.monotonic()
+    self._seen: dict[int, tuple[str, float]] = {}
+    self._done: set[int] = set()
+
+  def beat(self) -> None:
+    client = _client()
+    client.key_value_increment(f'{self.PREFIX}{jax.process_index()}', 1)
+    counts = client.key_value_dir_get(self.PREFIX)
+    done = client.key_value_dir_get(self.DONE)
+    now = time.monotonic()
+    self.last_answer = now
+    for key, count in counts:
+      process = int(key.rsplit('/', 1)[-1])
+      if self._seen.get(process, (None,))[0] != count:
+        self._seen[process] = (count, now)
+    self._done |= {int(key.rsplit('/', 1)[-1]) for key, _ in done}
+
+  @classmethod
+  def mark_done(cls) -> None:
+    """This process has finished its part of the job."""
+    try:
+      publish(f'{cls.DONE}{jax.process_index()}', 'done')
+    except Exception:  # pylint: disable=broad-except
+      pass  # the service is gone: nobody is left to mind
+
+  def verdict(self) -> str | None:
+    now = time.monotonic()
+    silent = now - self.last_answer
+    if silent > self.hang_seconds:
+      return (f'the coordination service in process 0 has not answered for '
+              f'{silent:.0f} s: process 0 is hung or stopped, or its host is '
+              f'unreachable')
+    for process in range(jax.process_count()):
+      if process == jax.process_index() or process in self._done:
+        continue
+      changed = self._seen.get(process, (None, self.started))[1]
+      if now - changed > self.hang_seconds:
+        return (f'process {process} has shown no sign of life for '
+                f'{now - changed:.0f} s: it is hung or stopped, or its host '
+                f'is unreachable')
+    return None
