@@ -63,6 +63,17 @@ def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
   lines = [json.loads(l) for l in
            storage_emulator.read('run/metrics.jsonl').decode().splitlines()]
   assert lines[-1]['step'] == 24 and lines[-1]['eval/accuracy_examples'] == 360
+  # Nothing lost to the kill: every logged step is in the bucket (steps 4
+  # and 8 from the first launch, flushed with the checkpoint of step 8;
+  # the rerun logs 12 on), in the JSON lines and in the TensorBoard events.
+  logged = list(range(4, 25, 4))
+  assert sorted({l['step'] for l in lines}) == logged
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  local = storage_emulator.download('run/tb/', tmp_path / 'copies' / 'tb')
+  steps = {e.step for f in sorted(local.iterdir())
+           for e in tf.compat.v1.train.summary_iterator(str(f))
+           if any(v.tag == 'loss' for v in e.summary.value)}
+  assert sorted(steps) == logged
 
   # Synthetic data: global batch i is the same on any process count, so one
   # process must compute what two computed (each process's pipeline over a
