@@ -206,3 +206,28 @@ def test_attention_implementation_per_platform(monkeypatch):
   assert resolve_implementation(None, jnp.float32, 64) == 'xla'
   assert resolve_implementation(None, jnp.bfloat16, 160) == 'xla'
   assert resolve_implementation(None, jnp.bfloat16, 36) == 'xla'
+
+
+def test_attention_logits_in_the_compute_dtype_stay_close_to_exact():
+  """attention_logits_dtype='compute' in bfloat16 (logits and softmax in
+  bf16): within 2 bf16 steps of float64 attention, where float32 logits
+  are within 1; and the option reaches the model."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 197, 4, 64)), jnp.bfloat16)
+             for _ in range(3))
+  qf, kf, vf = (np.asarray(x, np.float64) for x in (q, k, v))
+  logits = np.einsum('bqhd,bkhd->bhqk', qf / 8, kf)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  exact = np.einsum('bhqk,bkhd->bqhd', probs, vf)
+  step = 2.0 ** -7  # a bfloat16 step at 1
+  full = np.asarray(attend(q, k, v), np.float64)
+  compute = np.asarray(attend(q, k, v, logits_dtype='compute'), np.float64)
+  assert np.abs(full - exact).max() <= step
+  assert np.abs(compute - exact).max() <= 2 * step
+  assert not np.array_equal(full, compute)
+  config = tiny_model_config(dtype='bfloat16', attention_logits_dtype='compute')
+  model = build(config, 10)
+  images = jnp.zeros((1, 16, 16, 3))
+  params = model.init(jax.random.key(0), images)['params']
+  assert model.apply({'params': params}, images).shape == (1, 10)

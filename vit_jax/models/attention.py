@@ -79,25 +79,36 @@ def resolve_implementation(implementation: Optional[str], dtype: Dtype,
   return 'xla'
 
 
+# The dtype of the attention logits and softmax in the XLA path: float32,
+# or the computation dtype (bfloat16), which halves the bytes the core moves.
+LOGITS_DTYPES = ('float32', 'compute')
+
+
 def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
            dropout: Optional[Callable[[jax.Array], jax.Array]] = None,
-           record: Optional[Callable[[jax.Array], None]] = None
-           ) -> jax.Array:
+           record: Optional[Callable[[jax.Array], None]] = None,
+           logits_dtype: str = 'float32') -> jax.Array:
   """softmax(q k^T / sqrt(d)) v on (batch, length, heads, head_dim) inputs.
 
   The inputs are put heads-major once and both products run as plain
   batched matmuls over (batch, heads), rather than through
   jax.nn.dot_product_attention's XLA path, whose grouped-query reshapes put
-  transposes around every product. Logits and softmax
-  are float32; probabilities go back to the input dtype for the second
-  product. `dropout` is applied to the probabilities; `record` receives
-  them (float32, (batch, heads, query, key)) before dropout.
+  transposes around every product. Logits and softmax are float32 (or,
+  with `logits_dtype='compute'`, in the inputs' dtype: in bfloat16 the
+  matmul still accumulates in float32, and the softmax subtracts the row
+  maximum before exponentiating); probabilities go back to the input dtype
+  for the second product. `dropout` is applied to the probabilities;
+  `record` receives them ((batch, heads, query, key)) before dropout.
   """
   head_dim = query.shape[-1]
   query = query / jnp.asarray(np.sqrt(head_dim), query.dtype)
   query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
+  if logits_dtype not in LOGITS_DTYPES:
+    raise ValueError(f'unknown attention logits dtype {logits_dtype!r}; '
+                     f'expected one of {LOGITS_DTYPES}.')
   logits = jnp.einsum('bhqd,bhkd->bhqk', query, key,
-                      preferred_element_type=jnp.float32)
+                      preferred_element_type=(jnp.float32 if logits_dtype == 'float32'
+                                              else query.dtype))
   probs = jax.nn.softmax(logits)
   if record is not None:
     record(probs)
@@ -155,6 +166,7 @@ class MultiHeadDotProductAttention(nn.Module):
   num_heads: int
   attention_dropout_rate: float = 0.0
   implementation: Optional[str] = None
+  logits_dtype: str = 'float32'
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -183,10 +195,12 @@ class MultiHeadDotProductAttention(nn.Module):
     if self.attention_dropout_rate > 0. and not deterministic:
       dropout = nn.Dropout(self.attention_dropout_rate)
       out = attend(query, key, value, record=record,
-                   dropout=lambda p: dropout(p, deterministic=False))
+                   dropout=lambda p: dropout(p, deterministic=False),
+                   logits_dtype=self.logits_dtype)
     elif implementation == 'cudnn' and record is None:
       out = fused_attention(query, key, value)
     else:
-      out = attend(query, key, value, record=record)
+      out = attend(query, key, value, record=record,
+                   logits_dtype=self.logits_dtype)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
     return MergeHeads(features=width, dtype=self.dtype, name='out')(out)

@@ -107,5 +107,7 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
   config.remat_policy = REMAT.get(width, 'none')  # none | full | dots_saveable | ...
   config.attention_implementation = ml_collections.FieldReference(
       None, field_type=str)  # None (cuDNN on GPU in 16 bits, else XLA) | xla | cudnn
+  # XLA path: logits and softmax in float32, or 'compute' (the dtype above).
+  config.attention_logits_dtype = 'float32'
   config.dtype = 'float32'          # computation dtype; params stay float32
   return config

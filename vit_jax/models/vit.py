@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models import resnet
-from vit_jax.models.attention import (ATTENTION_IMPLEMENTATIONS,
+from vit_jax.models.attention import (ATTENTION_IMPLEMENTATIONS, LOGITS_DTYPES,
                                       MultiHeadDotProductAttention)
 from vit_jax.models.posemb import AddPositionEmbs, sincos2d_posemb
 
@@ -37,6 +37,7 @@ OPTION_CHOICES = {
     'posemb': POSEMB_TYPES,
     'remat_policy': REMAT_POLICIES,
     'attention_implementation': ATTENTION_IMPLEMENTATIONS,
+    'attention_logits_dtype': LOGITS_DTYPES,
 }
 
 
@@ -92,6 +93,7 @@ class ViTOptions:
   scan: bool = False
   remat_policy: str = 'none'
   attention_implementation: Optional[str] = None
+  attention_logits_dtype: str = 'float32'
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
@@ -161,7 +163,8 @@ class Encoder1DBlock(nn.Module):
     y = _layer_norm('LayerNorm_0', o.dtype)(x)
     y = MultiHeadDotProductAttention(
         num_heads=o.num_heads, attention_dropout_rate=o.attention_dropout_rate,
-        implementation=o.attention_implementation, dtype=o.dtype,
+        implementation=o.attention_implementation,
+        logits_dtype=o.attention_logits_dtype, dtype=o.dtype,
         name='MultiHeadDotProductAttention_0')(y, deterministic=deterministic)
     y = nn.Dropout(o.dropout_rate)(y, deterministic=deterministic)
     x = x + self._drop_path(y, droppath_rate, deterministic)
