@@ -121,6 +121,40 @@ def test_aot_compiles_the_train_step_for_a_v5e_2x2():
   assert 'memory:' in aot.format_report(report)
 
 
+def test_aot_search_ranks_compiled_candidates_for_a_v5e_2x2():
+  """--search: every combination compiled for the TPU topology, those that
+  compile ranked by the roofline bound (v5e has no step estimate), one
+  that cannot be built (fsdp 3 on 4 chips) last with its error, and the
+  best candidate's flags to paste."""
+  try:
+    import libtpu  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    pytest.skip('libtpu is not installed (pip install -e ".[tpu-aot]").')
+  from configs.demo import get_config  # pylint: disable=g-import-not-at-top
+  from vit_jax.tools import aot, aot_search  # pylint: disable=g-import-not-at-top
+  config = get_config()
+  config.unlock()
+  config.image_size = 32
+  lines = []
+  rows = aot_search.search(
+      config, aot.topology_devices('v5e:2x2'),
+      'model.attention_logits_dtype=float32|compute,mesh.fsdp=1|3',
+      aot.compile_report, log=lines.append)
+  assert len(lines) == 4 and lines[0] == (
+      'compiling candidate 1 of 4: --config.model.attention_logits_dtype=float32 '
+      '--config.mesh.fsdp=1')
+  built = [r for r in rows if 'report' in r]
+  assert [r['overrides']['mesh.fsdp'] for r in rows] == [1, 1, 3, 3]
+  assert all('error' in r for r in rows[2:])
+  bounds = [r['report']['roofline_step_seconds'] for r in built]
+  assert bounds == sorted(bounds) and all(r['report']['fits'] for r in built)
+  table = aot_search.format_search(rows)
+  assert table.splitlines()[-1] == 'best: ' + aot_search.flags_of(rows[0]['overrides'])
+  with pytest.raises(aot_search.SearchSpecError, match="key 'model.remat' is not"):
+    aot_search.search(config, aot.topology_devices('v5e:2x2'), 'model.remat=none',
+                      aot.compile_report)
+
+
 def test_gpu_benchmark_runs_each_stage_once_and_rejects_unknown_stages():
   out = sh('launch/gpu_benchmark.sh', '--dry-run', '--out', 'results',
            '--steps', '20')

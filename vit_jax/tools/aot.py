@@ -40,6 +40,7 @@ from vit_jax.models import flops as flops_lib
 from vit_jax.models.attention import resolve_implementation
 from vit_jax.runtime import devices as devices_lib
 from vit_jax.runtime.user_errors import UserError
+from vit_jax.tools import aot_search
 from vit_jax.training import sharding
 from vit_jax.training.state import make_setup
 from vit_jax.training.step import make_train_step
@@ -48,6 +49,10 @@ _TOPOLOGY = flags.DEFINE_string(
     'topology', None, 'TPU topology (v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8), '
     'a GPU (h100, h200, a100) or cpu-N.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
+_SEARCH = flags.DEFINE_string(
+    'search', None, 'Compile every combination of settings and rank them: '
+    '"default", or key=value|value,... with keys as in --config.KEY '
+    '(see vit_jax/tools/aot_search.py).')
 
 GIB = devices_lib.GIB
 GPU_TARGETS = ('h100', 'h200', 'a100')
@@ -217,6 +222,14 @@ def format_report(r: dict) -> str:
 
 def main():
   devices = topology_devices(_TOPOLOGY.value)
+  if _SEARCH.value:
+    try:
+      rows = aot_search.search(app.CONFIG.value, devices, _SEARCH.value,
+                               compile_report, log=app.console)
+    except aot_search.SearchSpecError as e:
+      raise UserError(str(e)) from None
+    print(json.dumps(rows) if _JSON.value else aot_search.format_search(rows))
+    return
   app.console(f'compiling the train step for {_TOPOLOGY.value} '
               f'({len(devices)} x {devices[0].device_kind}) ...')
   report = compile_report(app.CONFIG.value, devices)
