@@ -121,6 +121,35 @@ def test_aot_compiles_the_train_step_for_a_v5e_2x2():
   assert 'memory:' in aot.format_report(report)
 
 
+def test_aot_two_slices_cross_the_network_only_with_the_gradient_all_reduce():
+  """2 slices of v5e 2x2, the data axis over the data-center network: the
+  transfers that cross it are all-reduces, and their bytes are the
+  gradient's (float32 parameters), up to the padding of small tensors to
+  the chip's tiles and a few scalars of metrics."""
+  try:
+    import libtpu  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    pytest.skip('libtpu is not installed (pip install -e ".[tpu-aot]").')
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs.demo import get_config  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  from vit_jax.tools import aot  # pylint: disable=g-import-not-at-top
+  config = get_config()
+  config.unlock()
+  config.image_size = 32
+  devices = aot.topology_devices('v5e:2x2', slices=2)
+  assert sorted({d.slice_index for d in devices}) == [0, 1] and len(devices) == 8
+  report = aot.compile_report(config, devices)
+  crossing = report['collectives_across_slices']
+  assert report['slices'] == 2 and {c['kind'] for c in crossing} == {'ALL_REDUCE'}
+  model = build_model(config.model, 10)
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3))))['params']
+  gradient = 4 * sum(x.size for x in jax.tree.leaves(shapes))
+  assert gradient <= sum(c['bytes'] for c in crossing) <= 1.1 * gradient
+  assert 'ALL_REDUCE x' in aot.format_report(report)
+
+
 def test_aot_search_ranks_compiled_candidates_for_a_v5e_2x2():
   """--search: every combination compiled for the TPU topology, those that
   compile ranked by the roofline bound (v5e has no step estimate), one

@@ -33,6 +33,7 @@ from absl import flags
 import jax
 from jax.experimental import topologies
 import jax.numpy as jnp
+import numpy as np
 
 from vit_jax import app
 from vit_jax.config import resolve
@@ -49,6 +50,9 @@ _TOPOLOGY = flags.DEFINE_string(
     'topology', None, 'TPU topology (v4:2x2x2, v5e:4x4, v5p:4x4x4, v6e:8x8), '
     'a GPU (h100, h200, a100) or cpu-N.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
+_SLICES = flags.DEFINE_integer(
+    'slices', 1, 'TPU slices joined by the data-center network (multi-slice): '
+    'the data axis spans them; the report lists the collectives that cross.')
 _SEARCH = flags.DEFINE_string(
     'search', None, 'Compile every combination of settings and rank them: '
     '"default", or key=value|value,... with keys as in --config.KEY '
@@ -77,8 +81,30 @@ def gpu_devices(name: str):
       platform='cuda', target_config=target_config, topology='1x1x1').devices
 
 
-def topology_devices(name: str):
-  """Devices to compile for: a GPU, a TPU topology or N CPU devices."""
+# A multi-slice TPU program does its cross-slice (data-center network)
+# collectives through the Megascale runtime: each is a host-transfer recv
+# tagged with its kind, within-slice collectives stay ordinary HLO ops.
+_MEGASCALE_RECV = re.compile(
+    r'= \((\w+)\[([\d,]*)\].*?\) recv\(.*?'
+    r'_xla_megascale_transfer_type="(\w+)"')
+_DTYPE_BYTES = {'f32': 4, 'bf16': 2, 'f16': 2, 's32': 4, 'u32': 4, 'f64': 8,
+                's8': 1, 'u8': 1, 'pred': 1}
+
+
+def collectives_across_slices(hlo_text: str) -> list[dict]:
+  """The transfers of an optimized multi-slice module that cross the
+  data-center network: kind (ALL_REDUCE, ALL_GATHER, ...), shape, bytes."""
+  crossing = []
+  for dtype, dims, kind in _MEGASCALE_RECV.findall(hlo_text):
+    shape = [int(d) for d in dims.split(',') if d]
+    crossing.append({'kind': kind, 'shape': f'{dtype}[{dims}]',
+                     'bytes': int(np.prod(shape)) * _DTYPE_BYTES.get(dtype, 4)})
+  return crossing
+
+
+def topology_devices(name: str, slices: int = 1):
+  """Devices to compile for: a GPU, a TPU topology (of `slices` slices)
+  or N CPU devices."""
   if name in GPU_TARGETS:
     return gpu_devices(name)
   if name.startswith('cpu-'):
@@ -93,7 +119,8 @@ def topology_devices(name: str):
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   try:
     return topologies.get_topology_desc(
-        platform='tpu', topology_name=name).devices
+        platform='tpu', topology_name=name,
+        **({'num_slices': slices} if slices > 1 else {})).devices
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
         f'cannot describe TPU topology {name!r} ({str(e).splitlines()[0]}). '
@@ -181,6 +208,11 @@ def compile_report(config, devices) -> dict:
       attention=config.model.get('attention_implementation'))
   if on_gpu:
     report['kernels'] = kernel_inventory(compiled.as_text())
+  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  if slices > 1:
+    report['slices'] = slices
+    report['collectives_across_slices'] = collectives_across_slices(
+        compiled.as_text())
   return report
 
 
@@ -210,6 +242,16 @@ def format_report(r: dict) -> str:
   if r['roofline_step_seconds']:
     lines.append(f'  roofline bound {1e3 * r["roofline_step_seconds"]:.1f} ms, '
                  f'MFU at most {100 * r["roofline_mfu"]:.1f}%')
+  if r.get('slices'):
+    crossing = r['collectives_across_slices']
+    kinds = {}
+    for c in crossing:
+      count, size = kinds.get(c['kind'], (0, 0))
+      kinds[c['kind']] = (count + 1, size + c['bytes'])
+    lines.append(f'  {r["slices"]} slices: {len(crossing)} transfers cross the '
+                 f'data-center network per step: ' + (', '.join(
+                     f'{kind} x{count} ({size / 2**20:.1f} MiB)'
+                     for kind, (count, size) in sorted(kinds.items())) or 'none'))
   if r.get('kernels'):
     k = r['kernels']
     lines.append(
@@ -221,7 +263,7 @@ def format_report(r: dict) -> str:
 
 
 def main():
-  devices = topology_devices(_TOPOLOGY.value)
+  devices = topology_devices(_TOPOLOGY.value, _SLICES.value)
   if _SEARCH.value:
     try:
       rows = aot_search.search(app.CONFIG.value, devices, _SEARCH.value,
