@@ -102,17 +102,24 @@ def test_local_launcher_runs_two_processes(tmp_path):
   assert records[-1]['step'] == 4 and records[-1]['eval/accuracy_examples'] == 360
 
 
-def test_aot_compiles_the_train_step_for_a_v5e_2x2():
+def _demo_config_for_tpu_compiles():
+  """The demo config at 32 px, for compiles to a TPU topology (skips the
+  test where libtpu, the TPU compiler, is not installed)."""
   try:
     import libtpu  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     pytest.skip('libtpu is not installed (pip install -e ".[tpu-aot]"); '
                 'it is needed to compile for a TPU topology.')
   from configs.demo import get_config  # pylint: disable=g-import-not-at-top
-  from vit_jax.tools import aot  # pylint: disable=g-import-not-at-top
   config = get_config()
   config.unlock()
   config.image_size = 32
+  return config
+
+
+def test_aot_compiles_the_train_step_for_a_v5e_2x2():
+  from vit_jax.tools import aot  # pylint: disable=g-import-not-at-top
+  config = _demo_config_for_tpu_compiles()
   report = aot.compile_report(config, aot.topology_devices('v5e:2x2'))
   assert report['device_kind'] == 'TPU v5 lite' and report['chips'] == 4
   assert 0 < report['total_gib'] < report['hbm_gib'] == 16 and report['fits']
@@ -126,17 +133,10 @@ def test_aot_two_slices_cross_the_network_only_with_the_gradient_all_reduce():
   transfers that cross it are all-reduces, and their bytes are the
   gradient's (float32 parameters), up to the padding of small tensors to
   the chip's tiles and a few scalars of metrics."""
-  try:
-    import libtpu  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    pytest.skip('libtpu is not installed (pip install -e ".[tpu-aot]").')
   import jax  # pylint: disable=g-import-not-at-top
-  from configs.demo import get_config  # pylint: disable=g-import-not-at-top
   from vit_jax.models import build_model  # pylint: disable=g-import-not-at-top
   from vit_jax.tools import aot  # pylint: disable=g-import-not-at-top
-  config = get_config()
-  config.unlock()
-  config.image_size = 32
+  config = _demo_config_for_tpu_compiles()
   devices = aot.topology_devices('v5e:2x2', slices=2)
   assert sorted({d.slice_index for d in devices}) == [0, 1] and len(devices) == 8
   report = aot.compile_report(config, devices)
@@ -155,15 +155,8 @@ def test_aot_search_ranks_compiled_candidates_for_a_v5e_2x2():
   compile ranked by the roofline bound (v5e has no step estimate), one
   that cannot be built (fsdp 3 on 4 chips) last with its error, and the
   best candidate's flags to paste."""
-  try:
-    import libtpu  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    pytest.skip('libtpu is not installed (pip install -e ".[tpu-aot]").')
-  from configs.demo import get_config  # pylint: disable=g-import-not-at-top
   from vit_jax.tools import aot, aot_search  # pylint: disable=g-import-not-at-top
-  config = get_config()
-  config.unlock()
-  config.image_size = 32
+  config = _demo_config_for_tpu_compiles()
   lines = []
   rows = aot_search.search(
       config, aot.topology_devices('v5e:2x2'),
