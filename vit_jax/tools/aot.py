@@ -92,8 +92,10 @@ _DTYPE_BYTES = {'f32': 4, 'bf16': 2, 'f16': 2, 's32': 4, 'u32': 4, 'f64': 8,
 
 
 def collectives_across_slices(hlo_text: str) -> list[dict]:
-  """The transfers of an optimized multi-slice module that cross the
-  data-center network: kind (ALL_REDUCE, ALL_GATHER, ...), shape, bytes."""
+  """The transfers of one chip's optimized multi-slice module that cross
+  the data-center network: kind (ALL_REDUCE, ALL_GATHER, ...), shape,
+  bytes. A large gradient is first reduce-scattered inside the slice, so
+  each chip sends only its shard across."""
   crossing = []
   for dtype, dims, kind in _MEGASCALE_RECV.findall(hlo_text):
     shape = [int(d) for d in dims.split(',') if d]
@@ -248,8 +250,8 @@ def format_report(r: dict) -> str:
     for c in crossing:
       count, size = kinds.get(c['kind'], (0, 0))
       kinds[c['kind']] = (count + 1, size + c['bytes'])
-    lines.append(f'  {r["slices"]} slices: {len(crossing)} transfers cross the '
-                 f'data-center network per step: ' + (', '.join(
+    lines.append(f'  {r["slices"]} slices: {len(crossing)} transfers per chip and '
+                 f'step cross the data-center network: ' + (', '.join(
                      f'{kind} x{count} ({size / 2**20:.1f} MiB)'
                      for kind, (count, size) in sorted(kinds.items())) or 'none'))
   if r.get('kernels'):
