@@ -9,6 +9,7 @@ written to it meanwhile is passed on, in order, when the block ends.
 """
 
 import contextlib
+import importlib
 import os
 import re
 import sys
@@ -58,14 +59,13 @@ def native_noise_dropped():
 
 def import_tensorflow():
   """`import tensorflow`, without its import banner."""
-  if 'tensorflow' not in sys.modules:
-    with native_noise_dropped():
-      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-  return sys.modules['tensorflow']
+  if 'tensorflow' in sys.modules:
+    return sys.modules['tensorflow']
+  with native_noise_dropped():
+    return importlib.import_module('tensorflow')
 
 
 def import_tensorflow_datasets():
   """`import tensorflow_datasets` (which imports TensorFlow), without the banner."""
   import_tensorflow()
-  import tensorflow_datasets  # pylint: disable=g-import-not-at-top
-  return tensorflow_datasets
+  return importlib.import_module('tensorflow_datasets')
