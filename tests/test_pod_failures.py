@@ -97,8 +97,8 @@ def test_a_coordinator_that_dies_during_start_up_is_one_line(tmp_path):
 
 def test_a_peer_killed_during_training_is_one_true_line(tmp_path):
   """Process 1 SIGKILLed in the middle of training: process 0's next
-  collective breaks, and it says that another process is gone (not a
-  traceback, not the storage), exit 2."""
+  collective breaks, and it names process 1 as gone (its sign-of-life
+  count stopped; not a traceback, not the storage), exit 2."""
   procs = start_processes('vit_jax.train', *DEMO, f'--workdir={tmp_path / "run"}',
                           '--config.checkpoint_steps=20', logs=tmp_path / 'logs')
   wait_for_line(tmp_path / 'logs' / '0.out', 'step 30/', proc=procs[0])
@@ -110,7 +110,7 @@ def test_a_peer_killed_during_training_is_one_true_line(tmp_path):
   # Which collective breaks first depends on timing (the train step's
   # all-reduce, most often).
   assert re.fullmatch(
-      r'error: process 0: another process of this job is gone \(Gloo [\w-]+ '
+      r'error: process 0: process 1 is gone \(Gloo [\w-]+ '
       r'failed: (Connection reset by peer|Connection closed by peer)\); this '
       r'one cannot go on without it\. Rerun every process to resume from the '
       r'last complete checkpoint\.', line), line
@@ -159,6 +159,15 @@ def test_peer_gone_causes_are_told_from_storage_errors():
   assert coordination.peer_gone_cause(OSError(28, 'No space left on device')) is None
   assert coordination.peer_gone_cause(RuntimeError('OUT_OF_RANGE: Failed to write '
                                                    '462805 bytes: File too large')) is None
+  cause = 'Gloo allgather failed: Connection reset by peer'
+  assert coordination.peer_gone_message(cause, [2]).startswith(
+      f'process 0: process 2 is gone ({cause}); this one cannot go on')
+  assert coordination.peer_gone_message(cause, [1, 3]).startswith(
+      'process 0: processes 1, 3 are gone (')
+  assert coordination.peer_gone_message(cause, None).startswith(
+      'process 0: process 0, which holds the coordination service, is gone (')
+  assert coordination.peer_gone_message(cause, []).startswith(
+      'process 0: another process of this job is gone (')
 
 
 def test_a_live_workdir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path):

@@ -211,7 +211,7 @@ def _watch_for_failures() -> None:
 
   own = f'process {jax.process_index()} failed: '
   liveness = coordination.PeerLiveness(hang_seconds=HEARTBEAT.value / 2)
-  beat_every = min(2.0, HEARTBEAT.value / 10)
+  beat_every = coordination.beat_seconds()
 
   def watch():
     last_beat = 0.0
@@ -392,7 +392,8 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
       gone = (coordination.peer_gone_cause(e)
               if jax.process_count() > 1 else None)
       if gone:
-        print(f'error: {coordination.peer_gone_message(gone)}',
+        silent = coordination.silent_processes()
+        print(f'error: {coordination.peer_gone_message(gone, silent)}',
               file=sys.stderr, flush=True)
         _exit(EXIT_USER_ERROR)
       traceback.print_exc()

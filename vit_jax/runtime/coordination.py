@@ -6,6 +6,7 @@ its private client; a JAX upgrade that moves it touches this file alone.
 """
 
 import re
+import threading
 import time
 
 import jax
@@ -90,10 +91,48 @@ def peer_gone_cause(error: BaseException) -> str | None:
   return None
 
 
-def peer_gone_message(cause: str) -> str:
-  return (f'process {jax.process_index()}: another process of this job is '
-          f'gone ({cause}); this one cannot go on without it. Rerun every '
-          f'process to resume from the last complete checkpoint.')
+def beat_seconds() -> float:
+  """How often each process shows a sign of life (PeerLiveness.beat)."""
+  return min(2.0, peer_wait_seconds() / 10)
+
+
+def silent_processes() -> list[int] | None:
+  """The other processes whose sign-of-life count does not move for three
+  beats: the ones that are gone. None when the coordination service does
+  not answer within that time: process 0, which holds it, is gone."""
+  wait = 3 * beat_seconds()
+  found = {}
+
+  def look():
+    client = _client()
+    first = dict(client.key_value_dir_get(PeerLiveness.PREFIX))
+    time.sleep(wait)
+    second = dict(client.key_value_dir_get(PeerLiveness.PREFIX))
+    done = {key.rsplit('/', 1)[-1]
+            for key, _ in client.key_value_dir_get(PeerLiveness.DONE)}
+    found['silent'] = sorted(
+        int(key.rsplit('/', 1)[-1]) for key, count in second.items()
+        if first.get(key) == count and key.rsplit('/', 1)[-1] not in done
+        and int(key.rsplit('/', 1)[-1]) != jax.process_index())
+  looking = threading.Thread(target=look, daemon=True)
+  looking.start()
+  looking.join(wait + 5)
+  return found.get('silent')
+
+
+def peer_gone_message(cause: str, silent: list[int] | None = ()) -> str:
+  """The line for a process that lost a peer: which one, when
+  `silent_processes` could tell."""
+  if silent is None:
+    who = 'process 0, which holds the coordination service, is gone'
+  elif silent:
+    who = (f'process {silent[0]} is gone' if len(silent) == 1 else
+           f'processes {", ".join(map(str, silent))} are gone')
+  else:
+    who = 'another process of this job is gone'
+  return (f'process {jax.process_index()}: {who} ({cause}); this one cannot go '
+          f'on without it. Rerun every process to resume from the last '
+          f'complete checkpoint.')
 
 
 class PeerLiveness:

@@ -177,7 +177,8 @@ class StateCheckpointer:
     gone = (coordination.peer_gone_cause(error)
             if jax.process_count() > 1 else None)
     if gone:  # not the storage: the save's collectives lost a process
-      return PeerGoneError(coordination.peer_gone_message(gone))
+      return PeerGoneError(coordination.peer_gone_message(
+          gone, coordination.silent_processes()))
     return CheckpointSaveError(
         f'saving the checkpoint of step {step} to {self._directory} failed: '
         f'{root_cause(error)}; free space or fix access there, then rerun to '
