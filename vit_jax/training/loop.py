@@ -196,7 +196,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, *,
     raise InterruptedAtOnce(in_flight) from None
   finally:
     watcher.uninstall()
-    if checkpointer is not None:
-      checkpointer.close()
     writer.close()
+    if checkpointer is not None:
+      try:
+        checkpointer.close()  # waits for a save in flight
+      except KeyboardInterrupt:
+        # A second Ctrl-C while the stop's checkpoint is being written.
+        raise InterruptedAtOnce(checkpointer.step_being_saved()) from None
   return state, history
