@@ -16,10 +16,8 @@ outcome becomes the exit status:
   collective.
 """
 
-import errno
 import logging as std_logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -38,6 +36,7 @@ from vit_jax.runtime.preemption import (EXIT_INTERRUPTED, EXIT_PREEMPTED,
 from vit_jax.config import describe
 from vit_jax.config import files as config_files
 from vit_jax.runtime import coordination
+from vit_jax.runtime import coordinator_probe
 from vit_jax.runtime.user_errors import EXIT_USER_ERROR, UserError
 
 CONFIG = config_flags.DEFINE_config_file(
@@ -98,14 +97,16 @@ def initialize_distributed() -> None:
                   num_processes=NUM_PROCESSES.value,
                   process_id=PROCESS_ID.value)
     if PROCESS_ID.value == 0:
-      check_port_free(COORDINATOR.value)
+      coordinator_probe.check_port_free(COORDINATOR.value)
   # CPU-only clusters (tests, debugging) need a cross-process collective
   # backend; accelerators ignore this setting.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   watchdog = None
   if explicit and PROCESS_ID.value != 0:
-    _wait_for_coordinator(COORDINATOR.value, CONNECT_TIMEOUT.value)
-    watchdog = _CoordinatorWatchdog(COORDINATOR.value).start()
+    coordinator_probe.wait_for_coordinator(
+        COORDINATOR.value, CONNECT_TIMEOUT.value, PROCESS_ID.value)
+    watchdog = coordinator_probe.CoordinatorWatchdog(
+        COORDINATOR.value, PROCESS_ID.value).start()
   try:
     coordination.start(**kwargs)
   except Exception as e:  # pylint: disable=broad-except
@@ -122,85 +123,6 @@ def initialize_distributed() -> None:
       watchdog.stop()
   if jax.process_count() > 1:
     _watch_for_failures()
-
-
-def _host_port(address: str) -> tuple[str, int]:
-  host, _, port = address.rpartition(':')
-  try:
-    return host.strip('[]'), int(port)
-  except ValueError:
-    raise UserError(f'--coordinator_address={address!r}: expected HOST:PORT, '
-                    f'e.g. 10.0.0.2:1234.') from None
-
-
-def _answers(address: str) -> bool:
-  """Whether something accepts connections at `address` now."""
-  try:
-    with socket.create_connection(_host_port(address), timeout=2):
-      return True
-  except OSError:
-    return False
-
-
-def _wait_for_coordinator(address: str, timeout: float) -> None:
-  """Returns once process 0's coordinator accepts connections; a
-  UserError after `timeout` s. (Left to JAX, a coordinator that never comes
-  up ends this process with a C++ abort after the same wait.)"""
-  deadline = time.monotonic() + timeout
-  while not _answers(address):
-    if time.monotonic() > deadline:
-      raise UserError(
-          f'process {PROCESS_ID.value}: the coordinator at {address} (process 0) '
-          f'did not answer within {timeout} s (--initialization_timeout); '
-          f'start process 0 there, or fix --coordinator_address.')
-    time.sleep(0.5)
-
-
-class _CoordinatorWatchdog:
-  """While jax.distributed.initialize waits for the other processes: if
-  the coordinator stops accepting connections (process 0 died during
-  start-up), say so in one line and exit, before JAX's client aborts the
-  process with a C++ stack once its own timeout runs out."""
-
-  CHECKS_BEFORE_GIVING_UP = 3
-
-  def __init__(self, address: str):
-    self.address = address
-    self._stopped = threading.Event()
-
-  def start(self) -> '_CoordinatorWatchdog':
-    threading.Thread(target=self._watch, daemon=True).start()
-    return self
-
-  def stop(self) -> None:
-    self._stopped.set()
-
-  def _watch(self) -> None:
-    misses = 0
-    while not self._stopped.wait(1.0):
-      misses = 0 if _answers(self.address) else misses + 1
-      if misses >= self.CHECKS_BEFORE_GIVING_UP and not self._stopped.is_set():
-        print(f'error: process {PROCESS_ID.value}: the coordinator at '
-              f'{self.address} (process 0) stopped answering while the '
-              f'processes were starting; it has died or was stopped. Start '
-              f'every process again.', file=sys.stderr, flush=True)
-        os._exit(EXIT_USER_ERROR)  # pylint: disable=protected-access
-
-
-def check_port_free(address: str) -> None:
-  """A coordinator port taken by another program otherwise crashes process
-  0 inside the coordination service, with no word about the port."""
-  port = _host_port(address)[1]
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-    try:
-      probe.bind(('', port))
-    except OSError as e:
-      if e.errno != errno.EADDRINUSE:
-        raise
-      raise UserError(
-          f'coordinator port {port} (--coordinator_address={address}) is '
-          f'already in use on this host, by another run or another program; '
-          f'stop it or pass a free port to every process.') from None
 
 
 def _watch_for_failures() -> None:
