@@ -137,8 +137,7 @@ def _watch_for_failures() -> None:
 
   def watch():
     last_beat = 0.0
-    while True:
-      time.sleep(_FAILURE_POLL_SECONDS)
+    while not _WATCHING_STOPPED.wait(_FAILURE_POLL_SECONDS):
       message = _reported_failure()
       if message is not None and not message.startswith(own):
         print(f'error: stopping: {message}', file=sys.stderr, flush=True)
@@ -153,8 +152,7 @@ def _watch_for_failures() -> None:
 
   def judge():
     # No call to the service here: it must work when the service hangs.
-    while True:
-      time.sleep(1.0)
+    while not _WATCHING_STOPPED.wait(1.0):
       verdict = liveness.verdict()
       if verdict:
         print(f'error: process {jax.process_index()}: {verdict}; stopping '
@@ -162,8 +160,23 @@ def _watch_for_failures() -> None:
               f'checkpoint).', file=sys.stderr, flush=True)
         os._exit(EXIT_USER_ERROR)  # pylint: disable=protected-access
 
-  threading.Thread(target=watch, daemon=True, name='failure-watch').start()
-  threading.Thread(target=judge, daemon=True, name='hang-judge').start()
+  _WATCHERS[:] = [threading.Thread(target=watch, daemon=True, name='failure-watch'),
+                  threading.Thread(target=judge, daemon=True, name='hang-judge')]
+  for thread in _WATCHERS:
+    thread.start()
+
+
+# Set once this process's part is done: the watchers finish their calls to
+# the coordination service before JAX shuts it down (a call to a service
+# that is gone aborts the process inside JAX's client).
+_WATCHING_STOPPED = threading.Event()
+_WATCHERS: list[threading.Thread] = []
+
+
+def _stop_watching() -> None:
+  _WATCHING_STOPPED.set()
+  for thread in _WATCHERS:
+    thread.join(timeout=10)
 
 
 def _reported_failure() -> str | None:
@@ -286,6 +299,7 @@ def run(main: Callable[[], None], *, required: Sequence[str] = ('config',),
       main()
       if coordination.multiprocess():
         coordination.PeerLiveness.mark_done()
+        _stop_watching()
     except UserError as e:
       # A failed checkpoint save leaves orbax's asyncio futures holding the
       # same error; at exit asyncio would log each one with a traceback
