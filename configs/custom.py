@@ -3,7 +3,8 @@
   python -m vit_jax.train --config configs/custom.py:data=/photos,model=S/16 \
       --workdir /tmp/my_run
 
-PATH holds `train/<class>/<image>` and, if you have them, `validation/`
+PATH holds `train/<class>/<image>` (or is `arrayrecord:DIR`, such a
+folder converted by `python -m vit_jax.data.convert`) and, if you have them, `validation/`
 (or `val/`, `valid/`) or `test/` with the same class folders (otherwise a
 class-stratified tenth of train, at most 10,000 images, is held out). Photos may have any size: training takes
 random crops of 20-100% of the area resized to `image_size` plus flips;
@@ -28,8 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError('configs/custom.py needs data=PATH: a folder with '
                      'train/<class>/<image> inside, e.g. '
                      'configs/custom.py:data=/photos,model=S/16.')
-  config = pretrain.get_config(
-      f'model={args["model"]},dataset=folder:{args["data"]}')
+  data = args['data']
+  dataset = data if data.startswith('arrayrecord:') else f'folder:{data}'
+  config = pretrain.get_config(f'model={args["model"]},dataset={dataset}')
   config.image_size = int(args['image_size'])
   config.epochs = 30
   # Trained from scratch on a small dataset: no representation layer,

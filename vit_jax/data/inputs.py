@@ -3,7 +3,8 @@
 can tell filled in first.
 
 TensorFlow is imported only by the sources that use tf.data: synthetic
-data (and so the benchmark and the trainer's tests) runs without it.
+data (and so the benchmark and the trainer's tests) and ArrayRecord data
+(read with Grain) run without it.
 """
 
 from typing import Any, Protocol
@@ -42,14 +43,17 @@ def filled_op_string(config, key: str) -> str:
                       f'and {{resize_size}}.') from None
 
 
-def op_string(config, key: str) -> str:
-  """`filled_op_string`, with its ops parsed: a ConfigError names the key
+def op_string(config, key: str, source=None) -> str:
+  """`filled_op_string`, with its ops parsed by the pipeline of `source`
+  (the tf.data ops when it has no `parse_ops`): a ConfigError names the key
   of a string that does not parse."""
-  # The ops module imports TensorFlow, which only tf.data sources need.
-  from vit_jax.data.ops import Preprocess  # pylint: disable=g-import-not-at-top
+  parse = getattr(source, 'parse_ops', None)
+  if parse is None:
+    # The ops module imports TensorFlow, which only tf.data sources need.
+    from vit_jax.data.ops import Preprocess as parse  # pylint: disable=g-import-not-at-top
   pp = filled_op_string(config, key)
   try:
-    Preprocess(pp)
+    parse(pp)
   except (ValueError, IndexError) as e:
     raise ConfigError(f'config.{key}={config[key]!r}: {e}') from None
   return pp
@@ -93,4 +97,4 @@ def eval_passes(config, source, split: str) -> EvalPasses:
 
 
 def _pp_of(config, source, key: str) -> str | None:
-  return op_string(config, key) if source.uses_pp else None
+  return op_string(config, key, source) if source.uses_pp else None

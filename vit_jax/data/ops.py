@@ -12,10 +12,9 @@ or, if absent, one added at the end). Batch ops (mixup, cutmix) come last
 and act on whole batches of float images and one-hot labels.
 """
 
-import ast
 from typing import Callable
 
-from vit_jax.data import randaugment
+from vit_jax.data import op_strings, randaugment
 from vit_jax.runtime.native_logs import import_tensorflow
 
 tf = import_tensorflow()
@@ -267,21 +266,6 @@ def cutmix(alpha=1.0):
   return op
 
 
-def _parse(spec: str) -> tuple[str, tuple]:
-  spec = spec.strip()
-  name, paren, rest = spec.partition('(')
-  if not paren:
-    return name, ()
-  if not rest.endswith(')'):
-    raise ValueError(f'bad op {spec!r}: expected name(arg, ...).')
-  try:
-    args = ast.literal_eval(f'({rest[:-1]},)') if rest[:-1].strip() else ()
-  except (ValueError, SyntaxError) as e:
-    raise ValueError(f'bad arguments in op {spec!r}: {e}; arguments must be '
-                     f'Python literals, e.g. resize(224).') from None
-  return name, args
-
-
 class Preprocess:
   """A parsed op string: `example_fn(example, seed)` and `batch_fn(batch,
   seed)` (None without batch ops). `needs_onehot` says if labels must be
@@ -289,22 +273,8 @@ class Preprocess:
 
   def __init__(self, spec: str):
     self.spec = spec
-    self.example_ops: list[ExampleOp] = []
-    self.batch_ops: list[BatchOp] = []
-    has_range = False
-    for item in filter(None, (s.strip() for s in spec.split('|'))):
-      name, args = _parse(item)
-      if name in _BATCH_OPS:
-        self.batch_ops.append(_BATCH_OPS[name](*args))
-      elif name in _EXAMPLE_OPS:
-        if self.batch_ops:
-          raise ValueError(f'op {item!r} follows a batch op in {spec!r}; '
-                           f'put {sorted(_BATCH_OPS)} last.')
-        self.example_ops.append(_EXAMPLE_OPS[name](*args))
-        has_range |= name == 'value_range'
-      else:
-        raise ValueError(f'unknown op {name!r} in {spec!r}; known ops: '
-                         f'{sorted(_EXAMPLE_OPS) + sorted(_BATCH_OPS)}.')
+    self.example_ops, self.batch_ops, has_range = op_strings.split_ops(
+        spec, _EXAMPLE_OPS, _BATCH_OPS)
     if not has_range:
       self.example_ops.append(value_range())
     self.needs_onehot = bool(self.batch_ops)

@@ -20,17 +20,13 @@ import jax
 from jax.experimental import multihost_utils
 
 from vit_jax.data.ops import Preprocess
+from vit_jax.data.registry import CorruptImageError, check_on_corrupt
 from vit_jax.runtime.native_logs import import_tensorflow
-from vit_jax.runtime.user_errors import ConfigError, UserError
+from vit_jax.runtime.user_errors import ConfigError
 
 tf = import_tensorflow()
 
-ON_CORRUPT = ('stop', 'skip')
 _AUTOTUNE = tf.data.AUTOTUNE
-
-
-class CorruptImageError(UserError, ValueError):
-  """An image could not be decoded or preprocessed."""
 
 
 def _model_batch(batch: dict) -> dict:
@@ -52,12 +48,6 @@ def _error_line(error: Exception) -> str:
                 str(error), flags=re.S).strip()
   first = text.splitlines()[0] if text else type(error).__name__
   return first.rsplit(': ', 1)[-1].strip()[:300]
-
-
-def _check_on_corrupt(on_corrupt):
-  if on_corrupt not in ON_CORRUPT:
-    raise ConfigError(f'config.on_corrupt={on_corrupt!r}: expected one of '
-                      f'{list(ON_CORRUPT)}; set --config.on_corrupt=stop or skip.')
 
 
 def _check_fixed_size(spec: dict, pp: str) -> None:
@@ -83,7 +73,7 @@ class TrainIterator:
                num_classes: int | None = None, process_index: int = 0,
                process_count: int = 1, threads: int | None = None,
                repeats: int = 1):
-    _check_on_corrupt(on_corrupt)
+    check_on_corrupt(on_corrupt)
     self.threads = threads  # tf.data worker threads (None: all cores)
     if batch_size % process_count:
       raise ValueError(f'global batch size {batch_size} is not divisible by '
@@ -249,7 +239,7 @@ def eval_batches(source, split: str, *, pp: str, batch_size: int,
                  ) -> Callable[[], Iterator[dict]]:
   """A factory of fresh passes over `split`: host batches with a 'mask'.
   Every process yields the same number of batches."""
-  _check_on_corrupt(on_corrupt)
+  check_on_corrupt(on_corrupt)
   if batch_size % process_count:
     raise ValueError(f'eval batch size {batch_size} is not divisible by the '
                      f'{process_count} processes; choose a multiple.')

@@ -9,6 +9,7 @@ strongest at low magnitudes).
 
 import math
 
+from vit_jax.data import randaugment_pil
 from vit_jax.runtime.native_logs import import_tensorflow
 
 tf = import_tensorflow()
@@ -195,12 +196,7 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, *, num_layers: int = 2,
                 magnitude: float = 10, magnitude_std: float = 0.) -> tf.Tensor:
   """`num_layers` ops from OPS, chosen independently per example, each at
   `layer_magnitude`."""
-  if not 0 <= magnitude <= 30:
-    raise ValueError(f'randaug magnitude {magnitude} is outside [0, 30]; '
-                     f'10 is the reference strength, AugReg uses 10 to 20.')
-  if magnitude_std < 0:
-    raise ValueError(f'randaug magnitude noise {magnitude_std} is negative; '
-                     f'DeiT uses 0.5, 0 turns it off.')
+  randaugment_pil.check_arguments(magnitude, magnitude_std)
   for layer in range(num_layers):
     layer_seed = tf.random.experimental.stateless_fold_in(seed, layer)
     choice_seed, op_seed = tf.unstack(

@@ -4,6 +4,8 @@
   'synthetic'         generated batches, no files (benchmarks, tests)
   'folder:PATH'       PATH/<split>/<class>/<image>, local or gs://
   'tfds_dir:PATH'     a prepared TFDS dataset directory (e.g. ImageNet-21k)
+  'arrayrecord:PATH'  ArrayRecord shards written by `python -m
+                      vit_jax.data.convert`, read with Grain (no TensorFlow)
   any other name      a TFDS dataset (optionally 'name:version')
 
 Each scheme names the function that opens it ('module:function'), called
@@ -16,7 +18,7 @@ here.
 import importlib
 from typing import Any, Callable, Iterator, Protocol
 
-from vit_jax.runtime.user_errors import UserError
+from vit_jax.runtime.user_errors import ConfigError, UserError
 
 SOURCES = {
     'digits': 'vit_jax.data.sources:open_digits',
@@ -24,7 +26,11 @@ SOURCES = {
     'folder': 'vit_jax.data.sources:open_folder',
     'tfds_dir': 'vit_jax.data.sources:open_tfds_dir',
     'tfds': 'vit_jax.data.sources:open_tfds',
+    'arrayrecord': 'vit_jax.data.arrayrecord:open_arrayrecord',
 }
+# What a pipeline does with an image it cannot read or decode.
+ON_CORRUPT = ('stop', 'skip')
+
 # Schemes written without ':ARGUMENT'.
 BARE_SCHEMES = ('digits', 'synthetic')
 
@@ -34,6 +40,16 @@ EvalPasses = Callable[[], Iterator[dict]]
 
 class DatasetNotFoundError(UserError, FileNotFoundError):
   """A dataset is not where the config says; the message says what to do."""
+
+
+class CorruptImageError(UserError, ValueError):
+  """An image could not be decoded or preprocessed."""
+
+
+def check_on_corrupt(on_corrupt: str) -> None:
+  if on_corrupt not in ON_CORRUPT:
+    raise ConfigError(f'config.on_corrupt={on_corrupt!r}: expected one of '
+                      f'{list(ON_CORRUPT)}; set --config.on_corrupt=stop or skip.')
 
 
 class Source(Protocol):

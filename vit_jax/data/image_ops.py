@@ -1,0 +1,328 @@
+"""The ops of the op strings with Pillow and NumPy, for the Grain input
+path (no TensorFlow): the same names, arguments and order rules as the
+tf.data ops (vit_jax/data/ops.py).
+
+Per-example ops take {'image': ..., 'label': ...} and a NumPy generator
+seeded by (seed, the example's place in the global stream, the op's
+index), so an example's pixels depend on the config and its place only,
+not on the process or worker that computes them. Images travel as encoded
+bytes, then Pillow images, and leave as float32 arrays in [-1, 1] (a
+`value_range` is added at the end when the string has none). Batch ops
+(mixup, cutmix) come last and act on whole batches.
+
+Where the pixels differ from the tf.data path: Pillow resizes with
+antialiasing (TensorFlow's default does not), and the JPEG decode of
+decode_inception_crop may decode at 1/2, 1/4 or 1/8 scale when the crop is
+resized down by more than that anyway (Pillow's draft mode), as
+TensorFlow's decode_and_crop_jpeg saves work by decoding only the window.
+"""
+
+import io
+import math
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from vit_jax.data import op_strings, randaugment_pil
+
+ExampleOp = Callable[[dict, np.random.Generator], dict]
+BatchOp = Callable[[dict, np.random.Generator], dict]
+_EXAMPLE_OPS: dict[str, Callable[..., ExampleOp]] = {}
+_BATCH_OPS: dict[str, Callable[..., BatchOp]] = {}
+_METHODS = {'bilinear': Image.Resampling.BILINEAR,
+            'bicubic': Image.Resampling.BICUBIC,
+            'nearest': Image.Resampling.NEAREST,
+            'area': Image.Resampling.BOX,
+            'lanczos3': Image.Resampling.LANCZOS}
+
+
+def _example_op(fn):
+  _EXAMPLE_OPS[fn.__name__] = fn
+  return fn
+
+
+def _batch_op(fn):
+  _BATCH_OPS[fn.__name__] = fn
+  return fn
+
+
+def _hw(size) -> tuple[int, int]:
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _method(name: str):
+  if name not in _METHODS:
+    raise ValueError(f'unknown resize method {name!r}; expected one of '
+                     f'{sorted(_METHODS)}.')
+  return _METHODS[name]
+
+
+def open_image(data: bytes) -> Image.Image:
+  """Encoded bytes -> a Pillow image, header read, pixels not yet decoded."""
+  return Image.open(io.BytesIO(data))
+
+
+def _pil(image) -> Image.Image:
+  """Bytes, a uint8 array or a Pillow image -> an RGB Pillow image."""
+  if isinstance(image, bytes):
+    image = open_image(image)
+  elif isinstance(image, np.ndarray):
+    if image.dtype != np.uint8:
+      raise ValueError(f'this op needs uint8 pixels, got {image.dtype}: put '
+                       f'value_range after it.')
+    return Image.fromarray(image)
+  return image if image.mode == 'RGB' else image.convert('RGB')
+
+
+def _array(image) -> np.ndarray:
+  if isinstance(image, np.ndarray):
+    return image
+  return np.asarray(_pil(image))
+
+
+def _on_image(transform):
+  """An op that maps only the image."""
+  def op(example, rng):
+    return {**example, 'image': transform(example['image'], rng)}
+  return op
+
+
+def crop_box(height: int, width: int, rng, area_min=5, area_max=100):
+  """(left, top, width, height) of an inception crop: up to 10 draws of
+  area uniform in [area_min, area_max] % and aspect (width / height)
+  uniform in [3/4, 4/3], as TensorFlow's sample_distorted_bounding_box
+  draws them; the whole image when none fits."""
+  area = height * width
+  for _ in range(10):
+    target = area * rng.uniform(area_min / 100, area_max / 100)
+    aspect = rng.uniform(3 / 4, 4 / 3)
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return left, top, w, h
+  return 0, 0, width, height
+
+
+@_example_op
+def decode():
+  return _on_image(lambda image, rng: _pil(image))
+
+
+@_example_op
+def inception_crop(size, area_min=5, area_max=100):
+  """Random crop of 5-100% of the area, aspect 3/4-4/3, resized to `size`."""
+  out_h, out_w = _hw(size)
+
+  def crop(image, rng):
+    image = _pil(image)
+    left, top, w, h = crop_box(image.height, image.width, rng, area_min, area_max)
+    return image.resize((out_w, out_h), Image.Resampling.BILINEAR,
+                        box=(left, top, left + w, top + h))
+  return _on_image(crop)
+
+
+@_example_op
+def decode_inception_crop(size, area_min=5, area_max=100):
+  """inception_crop on encoded bytes that decodes a JPEG at the smallest
+  scale (1, 1/2, 1/4, 1/8) still at least as fine as the crop's resize."""
+  out_h, out_w = _hw(size)
+
+  def crop(data, rng):
+    if not isinstance(data, bytes):
+      return inception_crop(size, area_min, area_max)({'image': data}, rng)['image']
+    image = open_image(data)
+    width, height = image.size
+    left, top, w, h = crop_box(height, width, rng, area_min, area_max)
+    box = (left, top, left + w, top + h)
+    if image.format == 'JPEG':
+      scale = max(out_w / w, out_h / h)
+      image.draft('RGB', (math.ceil(width * scale), math.ceil(height * scale)))
+      sx, sy = image.size[0] / width, image.size[1] / height
+      box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+    return _pil(image).resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
+  return _on_image(crop)
+
+
+@_example_op
+def resize(size, method='bilinear'):
+  out_h, out_w = _hw(size)
+  resample = _method(method)
+  return _on_image(lambda image, rng: _pil(image).resize((out_w, out_h), resample))
+
+
+@_example_op
+def resize_small(size, method='bilinear'):
+  """Resizes so that the shorter side is `size`, keeping the aspect ratio."""
+  resample = _method(method)
+
+  def op(image, rng):
+    image = _pil(image)
+    scale = size / min(image.height, image.width)
+    new_h = max(round(image.height * scale), size)
+    new_w = max(round(image.width * scale), size)
+    return image.resize((new_w, new_h), resample)
+  return _on_image(op)
+
+
+@_example_op
+def central_crop(size):
+  ch, cw = _hw(size)
+
+  def op(image, rng):
+    pixels = _array(image)
+    top, left = (pixels.shape[0] - ch) // 2, (pixels.shape[1] - cw) // 2
+    if top < 0 or left < 0:
+      raise ValueError(f'central_crop({size}) of an image of '
+                       f'{pixels.shape[0]}x{pixels.shape[1]}')
+    return pixels[top:top + ch, left:left + cw]
+  return _on_image(op)
+
+
+@_example_op
+def random_crop(size):
+  ch, cw = _hw(size)
+
+  def op(image, rng):
+    pixels = _array(image)
+    if pixels.shape[0] < ch or pixels.shape[1] < cw:
+      raise ValueError(f'random_crop({size}) of an image of '
+                       f'{pixels.shape[0]}x{pixels.shape[1]}')
+    top = int(rng.integers(0, pixels.shape[0] - ch + 1))
+    left = int(rng.integers(0, pixels.shape[1] - cw + 1))
+    return pixels[top:top + ch, left:left + cw]
+  return _on_image(op)
+
+
+@_example_op
+def pad(pixels, value=0):
+  """Pads every side (e.g. before random_crop, for small translations)."""
+  return _on_image(lambda image, rng: np.pad(
+      _array(image), ((pixels, pixels), (pixels, pixels), (0, 0)),
+      constant_values=value))
+
+
+@_example_op
+def flip_lr():
+  def op(image, rng):
+    if rng.random() < 0.5:
+      return image
+    if isinstance(image, np.ndarray):
+      return image[:, ::-1]
+    return _pil(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  return _on_image(op)
+
+
+@_example_op
+def randaug(num_layers=2, magnitude=10, magnitude_std=0):
+  """RandAugment (vit_jax/data/randaugment_pil.py)."""
+  randaugment_pil.check_arguments(magnitude, magnitude_std)
+  return _on_image(lambda image, rng: randaugment_pil.randaugment(
+      _pil(image), rng, num_layers=num_layers, magnitude=magnitude,
+      magnitude_std=magnitude_std))
+
+
+@_example_op
+def value_range(low=-1.0, high=1.0):
+  def op(image, rng):
+    pixels = _array(image)
+    if pixels.dtype != np.uint8:
+      return pixels
+    return pixels.astype(np.float32) * np.float32((high - low) / 255) + np.float32(low)
+  return _on_image(op)
+
+
+@_example_op
+def random_erase(probability=0.25, area_min=0.02, area_max=1 / 3,
+                 aspect_min=0.3, aspect_max=3.3, attempts=10):
+  """Random erasing as the tf.data op does it (timm's RandomErasing,
+  'pixel' mode, one box): standard-normal noise in the [-1, 1] pixels
+  after value_range, uniform bytes on uint8 images."""
+  def op(image, rng):
+    pixels = np.array(_array(image))
+    height, width = pixels.shape[:2]
+    target = height * width * rng.uniform(area_min, area_max, attempts)
+    aspect = np.exp(rng.uniform(math.log(aspect_min), math.log(aspect_max),
+                                attempts))
+    box_h = np.round(np.sqrt(target * aspect)).astype(int)
+    box_w = np.round(np.sqrt(target / aspect)).astype(int)
+    fits = (box_h < height) & (box_w < width)
+    corner = rng.random(2)
+    erase = rng.random() < probability
+    if not (erase and fits.any()):
+      return pixels
+    first = int(np.argmax(fits))
+    h, w = int(box_h[first]), int(box_w[first])
+    top = int(corner[0] * (height - h + 1))
+    left = int(corner[1] * (width - w + 1))
+    if pixels.dtype == np.uint8:
+      noise = rng.integers(0, 256, (h, w, pixels.shape[2]), dtype=np.uint8)
+    else:
+      noise = rng.standard_normal((h, w, pixels.shape[2])).astype(pixels.dtype)
+    pixels[top:top + h, left:left + w] = noise
+    return pixels
+  return _on_image(op)
+
+
+def _mix_labels(labels, lam):
+  return lam * labels + (1 - lam) * np.roll(labels, 1, axis=0)
+
+
+@_batch_op
+def mixup(alpha=0.2):
+  """Each example blended with its neighbour in the batch, weight ~ Beta."""
+  def op(batch, rng):
+    lam = np.float32(rng.beta(alpha, alpha))
+    images = lam * batch['image'] + (1 - lam) * np.roll(batch['image'], 1, 0)
+    return {**batch, 'image': images, 'label': _mix_labels(batch['label'], lam)}
+  return op
+
+
+@_batch_op
+def cutmix(alpha=1.0):
+  """A box from the neighbouring example pasted in; labels by area."""
+  def op(batch, rng):
+    lam = rng.beta(alpha, alpha)
+    h, w = batch['image'].shape[1:3]
+    ratio = math.sqrt(1 - lam)
+    bh, bw = int(h * ratio), int(w * ratio)
+    cy, cx = (int(c) for c in rng.random(2) * (h, w))
+    top, bottom = max(cy - bh // 2, 0), min(cy + bh // 2, h)
+    left, right = max(cx - bw // 2, 0), min(cx + bw // 2, w)
+    images = np.array(batch['image'])
+    images[:, top:bottom, left:right] = np.roll(
+        batch['image'], 1, 0)[:, top:bottom, left:right]
+    kept = np.float32(1 - (bottom - top) * (right - left) / (h * w))
+    return {**batch, 'image': images,
+            'label': _mix_labels(batch['label'], kept)}
+  return op
+
+
+class Preprocess:
+  """A parsed op string: `example_fn(example, seed)` and `batch_fn(batch,
+  seed)`, seeds being tuples of non-negative ints. `needs_onehot` says if
+  labels must be one-hot before batching (batch ops mix labels)."""
+
+  def __init__(self, spec: str):
+    self.spec = spec
+    self.example_ops, self.batch_ops, has_range = op_strings.split_ops(
+        spec, _EXAMPLE_OPS, _BATCH_OPS)
+    if not has_range:
+      self.example_ops.append(value_range())
+    self.needs_onehot = bool(self.batch_ops)
+
+  def example_fn(self, example: dict, seed: tuple[int, ...]) -> dict:
+    for i, op in enumerate(self.example_ops):
+      example = op(example, np.random.default_rng((*seed, i)))
+    image = example['image']
+    if not isinstance(image, np.ndarray):
+      image = _array(image)
+    return {**example, 'image': np.ascontiguousarray(image)}
+
+  def batch_fn(self, batch: dict, seed: tuple[int, ...]) -> dict:
+    """With several batch ops, each batch uses one, chosen at random."""
+    rng = np.random.default_rng(seed)
+    op = self.batch_ops[int(rng.integers(len(self.batch_ops)))]
+    return op(batch, rng)
