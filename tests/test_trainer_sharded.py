@@ -2,11 +2,10 @@
 another mesh."""
 
 import json
-import subprocess
 
 import numpy as np
 
-from tiny_jobs import run_tiny, start_two_processes, summary_of
+from tiny_jobs import run_tiny, run_two_processes
 
 # SGD: Adam divides by the gradient's own magnitude, so parameters whose true
 # gradient is zero (the attention key bias) move by +-lr on rounding noise,
@@ -41,15 +40,6 @@ def test_gradient_accumulation_matches_full_batch():
   np.testing.assert_allclose(accumulated['losses'], full['losses'], atol=1e-5)
   np.testing.assert_allclose(accumulated['params_flat'], full['params_flat'],
                              atol=1e-5)
-
-
-def run_two_processes(options, workdir=None):
-  """Two processes with 4 CPU devices each; process 0's summary."""
-  procs = start_two_processes(options, workdir, stderr=subprocess.PIPE)
-  outputs = [p.communicate(timeout=300) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
-  return summary_of(outputs[0][0])
 
 
 def test_two_processes_match_one_process():

@@ -31,7 +31,8 @@ def tiny_model_flags(**overrides) -> list[str]:
 
 def tiny_config(options):
   """The tiny training job's config (tests/tiny_training.py): TINY_MODEL on
-  16x16 synthetic images, or on the digits with {'dataset': 'digits'}."""
+  16x16 synthetic images, or on the digits with {'dataset': 'digits'} (or
+  'arrayrecord:DIR' of the digits converted)."""
   from configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
   config = get_config('model=Ti/16,dataset=synthetic,batch_size=16')
   config.image_size = 16
@@ -49,8 +50,10 @@ def tiny_config(options):
   config.async_checkpoints = options.get('async_checkpoints', True)
   if 'ema_decay' in options:
     config.ema_decay = options['ema_decay']
-  if options.get('dataset') == 'digits':  # the bundled real data
-    config.dataset = 'digits'
+  dataset = options.get('dataset', 'synthetic')
+  if dataset == 'digits' or dataset.startswith('arrayrecord:'):
+    # The bundled real data (or it converted to ArrayRecord shards).
+    config.dataset = dataset
     config.image_size = 8
     config.model.patch_size = (2, 2)
     config.train_split, config.eval_split = 'train', 'test'
@@ -100,6 +103,15 @@ def start_two_processes(options, workdir=None, stderr=subprocess.DEVNULL):
   port = free_port()
   return [start_tiny({**options, 'coordinator': f'127.0.0.1:{port}', 'process_id': i},
                 workdir, devices=4, stderr=stderr) for i in range(2)]
+
+
+def run_two_processes(options, workdir=None):
+  """Two processes with 4 CPU devices each; process 0's summary."""
+  procs = start_two_processes(options, workdir, stderr=subprocess.PIPE)
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  return summary_of(outputs[0][0])
 
 
 def summary_of(stdout):

@@ -14,6 +14,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tiny_jobs import tiny_config  # pylint: disable=wrong-import-position
 
 
+class GlobalBatchDigests:
+  """The train input, recording a digest of every global batch (the
+  processes' parts gathered in process order)."""
+
+  def __init__(self, data, digests):
+    self.data, self.digests = data, digests
+
+  def __next__(self):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    batch = next(self.data)
+    gathered = multihost_utils.process_allgather(batch, tiled=True)
+    self.digests.append(hashlib.sha256(b''.join(
+        np.ascontiguousarray(gathered[k]).tobytes() for k in sorted(gathered))).hexdigest()[:16])
+    return batch
+
+  def __getattr__(self, name):
+    return getattr(self.data, name)
+
+
 def main():
   options = json.loads(sys.argv[1])
   workdir = sys.argv[2] if len(sys.argv) > 2 else None
@@ -31,6 +51,9 @@ def main():
   from vit_jax.data import inputs  # pylint: disable=g-import-not-at-top
   config = tiny_config(options)
   train_data = inputs.make_train_input(config)  # fills the derived values
+  batch_digests = []
+  if options.get('batch_digests'):
+    train_data = GlobalBatchDigests(train_data, batch_digests)
   make_evaluators = evaluators.from_config(
       config, inputs.open_source(config), print)
   from vit_jax.runtime.preemption import EXIT_PREEMPTED, Preempted  # pylint: disable=g-import-not-at-top
@@ -57,6 +80,7 @@ def main():
       max_bytes_per_device=max(held.values()),
       num_devices=jax.device_count(),
       final={k: v for k, v in history[-1].items() if k.startswith(('eval/', 'data/'))},
+      batch_digests=batch_digests,
       fewshot={h['step']: {k: v for k, v in h.items() if k.startswith('fewshot/')}
                for h in history if any(k.startswith('fewshot/') for k in h)})
   if jax.process_index() == 0:
