@@ -2,10 +2,15 @@
 killed and resumed), training on them without TensorFlow, and the global
 order that makes a resumed run independent of the process count."""
 
+import json
+import os
+import time
+
 import numpy as np
 import pytest
 
-from process_runs import built_once
+from photo_folders import PHOTO_CLASSES, make_photo_folder
+from process_runs import built_once, run_module, run_python, start_module
 from tiny_jobs import run_tiny, run_two_processes
 
 # Plain SGD: Adam turns the rounding of a sum in another order into +-lr
@@ -52,3 +57,96 @@ def test_resumed_on_another_process_count_sees_the_same_batches(
   np.testing.assert_allclose(resumed['params_flat'], straight['params_flat'],
                              atol=1e-6)
   assert resumed['final']['eval/accuracy_examples'] == 360
+
+
+def _shards(folder):
+  return sorted(p.name for p in folder.glob('*.array_record'))
+
+
+def _files(folder):
+  return {str(p.relative_to(folder)): p.read_bytes()
+          for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def test_converting_photos_killed_and_resumed_is_byte_identical(tmp_path):
+  """1,040 real JPEG photos and one file that is no image, in 21 shards:
+  a conversion killed after a few shards and run again writes exactly the
+  files of one never interrupted, and names the file it left out."""
+  photos = make_photo_folder(tmp_path / 'photos', train_per_class=250)
+  (photos / 'train' / 'china_left' / 'notes.jpg').write_text('not a photo')
+  args = ['--source', f'folder:{photos}', '--shards', '20']
+  straight = run_module('vit_jax.data.convert', *args, '--out', tmp_path / 'straight')
+  assert ('left out train/china_left/notes.jpg: not an image file Pillow can '
+          'read') in straight.stdout.splitlines()
+  out = tmp_path / 'killed'
+  proc = start_module('vit_jax.data.convert', *args, '--out', out)
+  deadline = time.time() + 120
+  while len(_shards(out) if out.exists() else []) < 3:
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.01)
+  proc.kill()
+  proc.wait()
+  written = len(_shards(out))
+  assert 3 <= written < 21  # killed mid-way
+  resumed = run_module('vit_jax.data.convert', *args, '--out', out)
+  assert (f'folder:{photos}: 1041 examples in 2 splits (test 40, train 1001); '
+          f'21 shards, {written} already written.') in resumed.stdout
+  assert _files(out) == _files(tmp_path / 'straight')
+  metadata = json.loads((out / 'metadata.json').read_text())
+  assert metadata['splits']['train']['count'] == 1000
+  assert metadata['splits']['train']['left_out'] == ['train/china_left/notes.jpg']
+  assert metadata['class_names'] == list(PHOTO_CLASSES)
+  # Once finished, another run writes nothing.
+  again = run_module('vit_jax.data.convert', *args, '--out', out)
+  assert '21 shards, 21 already written.' in again.stdout
+
+
+def test_converted_tfds_dataset_holds_its_examples(tmp_path):
+  """A TFDS dataset (mocked): every example's encoded image, label and id,
+  in order, readable by the ArrayRecord source. One shard per split: a
+  mocked split gives its examples for any part of it."""
+  from vit_jax.data import arrayrecord, convert, sources  # pylint: disable=g-import-not-at-top
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=12,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    convert.convert('tfds:cifar10', str(tmp_path / 'ar'), shards=1,
+                    split_names=('train', 'test'),
+                    data_dir=str(tmp_path), progress=False, log=lambda _: None)
+    original = sources.TfdsSource('cifar10', str(tmp_path))
+    expected = {split: list(original.read(split, 0, 1)[0].as_numpy_iterator())
+                for split in ('train', 'test')}
+  source = arrayrecord.ArrayRecordSource(str(tmp_path / 'ar'))
+  assert source.class_names == original.class_names and source.num_classes == 10
+  assert source.split_names == ['test', 'train']
+  for split, examples in expected.items():
+    got = source.examples(split)
+    assert len(got) == len(examples) == 12
+    for i, example in enumerate(examples):
+      assert got[i]['image'] == example['image']
+      assert got[i]['label'] == int(example['label'])
+      assert got[i]['key'] == example['key'].decode()
+
+
+def test_training_on_converted_photos_without_tensorflow(tmp_path):
+  """The photos converted, then the photo-folder test's run (custom config,
+  mu/16, 400 steps) on them with TensorFlow unimportable: the same
+  accuracy class as on the folder."""
+  photos = make_photo_folder(tmp_path / 'photos')
+  run_module('vit_jax.data.convert', '--source', f'folder:{photos}', '--out',
+             tmp_path / 'ar')
+  blocked = tmp_path / 'no_tensorflow'
+  blocked.mkdir()
+  (blocked / 'sitecustomize.py').write_text(
+      'import sys\n'
+      'for name in ("tensorflow", "tensorflow_datasets"):\n'
+      '  sys.modules[name] = None  # import fails\n')
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(blocked)}
+  check = run_python('-c', 'import tensorflow', env=env, check=False)
+  assert 'ModuleNotFoundError' in check.stderr
+  run_module('vit_jax.train', '--config',
+             f'configs/custom.py:data=arrayrecord:{tmp_path / "ar"},model=mu/16',
+             '--workdir', tmp_path / 'run', '--config.total_steps=400', env=env)
+  records = [json.loads(l) for l in
+             (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  assert records[-1]['eval/accuracy_examples'] == 40
+  assert records[-1]['eval/accuracy'] >= 0.55  # the folder run's bar

@@ -200,8 +200,13 @@ def convert(source: str, out: str, *, split_names=(), shards=None, workers=1,
   """Converts `source` into `out`; returns the metadata written."""
   opened = _open(source, data_dir)
   names = list(split_names) or list(opened.split_names)
+  if not names:
+    raise ConversionError(f'--source {source} lists no splits; name them '
+                          f'with --splits, e.g. --splits train,test.')
+  # A TFDS builder without split metadata lists none: its reads then say
+  # which splits exist.
   unknown = sorted(set(names) - set(opened.split_names))
-  if unknown:
+  if unknown and opened.split_names:
     raise ConversionError(f'--splits {",".join(unknown)}: {source} has splits '
                           f'{opened.split_names}.')
   sizes = {name: opened.process_counts(name, 1)[0] for name in names}
