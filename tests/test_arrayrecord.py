@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from photo_folders import PHOTO_CLASSES, make_photo_folder
-from process_runs import built_once, run_module, run_python, start_module
-from tiny_jobs import run_tiny, run_two_processes
+from process_runs import (built_once, env_with_devices, finish, run_module,
+                          run_python, start_module, start_processes)
+from tiny_jobs import run_tiny, run_two_processes, tiny_model_flags
+from vit_jax.formats import transfer
 
 # Plain SGD: Adam turns the rounding of a sum in another order into +-lr
 # steps (tests/test_trainer_sharded.py).
@@ -150,3 +152,42 @@ def test_training_on_converted_photos_without_tensorflow(tmp_path):
              (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
   assert records[-1]['eval/accuracy_examples'] == 40
   assert records[-1]['eval/accuracy'] >= 0.55  # the folder run's bar
+
+
+def test_finetuning_on_two_processes_equals_one_process(digits_arrayrecord, tmp_path):
+  """Fine-tuning (SGD with momentum, the fine-tune config's optimizer) on
+  the converted digits, with inception crops and flips: 2 processes x 4
+  devices train on the batches of 1 process x 8 devices, so the losses
+  and final parameters agree up to the rounding of the cross-process sum."""
+  tiny = tiny_model_flags(patch_size=(2, 2))
+  run_module('vit_jax.train', '--workdir', tmp_path / 'pre', '--config',
+             'configs/pretrain.py:model=Ti/16,dataset=synthetic,batch_size=32',
+             '--config.num_classes=5', '--config.image_size=8',
+             '--config.total_steps=4', '--config.schedule.warmup_steps=1',
+             '--config.checkpoint_steps=4', *tiny)
+  flags = ['--config', f'configs/finetune.py:model=Ti/16,dataset=arrayrecord:'
+           f'{digits_arrayrecord},batch_size=32',
+           f'--config.init_from={tmp_path / "pre"}', '--config.image_size=8',
+           '--config.pp_train=decode_inception_crop(8, 50)|flip_lr',
+           '--config.pp_eval=decode', '--config.total_steps=6',
+           '--config.schedule.warmup_steps=1', '--config.log_steps=1',
+           '--config.mesh.data=8', '--config.export=', *tiny]
+  env = env_with_devices(8)
+  run_module('vit_jax.finetune', '--workdir', tmp_path / 'one', *flags, env=env)
+  procs = start_processes('vit_jax.finetune', '--workdir', tmp_path / 'two',
+                          *flags, logs=tmp_path / 'logs',
+                          env=env_with_devices(4))
+  finish(procs, tmp_path / 'logs')
+  runs = {}
+  for name in ('one', 'two'):
+    records = [json.loads(l) for l in
+               (tmp_path / name / 'metrics.jsonl').read_text().splitlines()]
+    params = transfer.read_orbax_params(str(tmp_path / name), 6)
+    runs[name] = ([r['loss'] for r in records if 'loss' in r], params,
+                  records[-1]['eval/accuracy_examples'])
+  assert len(runs['one'][0]) == 6
+  np.testing.assert_allclose(runs['two'][0], runs['one'][0], rtol=1e-6)
+  for key in runs['one'][1]:
+    np.testing.assert_allclose(runs['two'][1][key], runs['one'][1][key],
+                               atol=1e-6, err_msg=key)
+  assert runs['one'][2] == runs['two'][2] == 360
