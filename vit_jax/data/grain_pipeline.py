@@ -178,6 +178,11 @@ def _grain_iterator(fn: Callable[[int], dict], start: int, stop: int,
   ds = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
   if workers:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      # Grain's workers read its absl flags (defaults unless given); outside
+      # an absl app, such as in a notebook, nobody parsed them.
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=2))
   return iter(ds)

@@ -89,19 +89,36 @@ def _on_image(transform):
 
 
 def crop_box(height: int, width: int, rng, area_min=5, area_max=100):
-  """(left, top, width, height) of an inception crop: up to 10 draws of
-  area uniform in [area_min, area_max] % and aspect (width / height)
-  uniform in [3/4, 4/3], as TensorFlow's sample_distorted_bounding_box
-  draws them; the whole image when none fits."""
-  area = height * width
+  """(left, top, width, height) of an inception crop, drawn as TensorFlow's
+  sample_distorted_bounding_box draws it (the tf.data op's crop), so both
+  paths crop with the same distribution: up to 10 attempts, each an aspect
+  ratio (width / height) uniform in [3/4, 4/3] and a height uniform among
+  the whole numbers whose crops cover area_min..area_max % of the image;
+  the whole image when no attempt fits."""
+  lo = area_min / 100 * height * width
+  hi = area_max / 100 * height * width
   for _ in range(10):
-    target = area * rng.uniform(area_min / 100, area_max / 100)
     aspect = rng.uniform(3 / 4, 4 / 3)
-    w = int(round(math.sqrt(target * aspect)))
-    h = int(round(math.sqrt(target / aspect)))
-    if 0 < w <= width and 0 < h <= height:
-      top = int(rng.integers(0, height - h + 1))
-      left = int(rng.integers(0, width - w + 1))
+    h = round(math.sqrt(lo / aspect))
+    top_h = round(math.sqrt(hi / aspect))
+    if round(top_h * aspect) > width:
+      top_h = int((width + 0.5 - 1e-7) / aspect)
+      if round(top_h * aspect) > width:
+        top_h -= 1
+    top_h = min(top_h, height)
+    h = min(h, top_h)
+    if h < top_h:
+      h += int(rng.integers(0, top_h - h + 1))
+    w = round(h * aspect)
+    if w * h < lo:  # rounding: one row taller, then one shorter
+      h += 1
+      w = round(h * aspect)
+    if w * h > hi:
+      h -= 1
+      w = round(h * aspect)
+    if lo <= w * h <= hi and 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h)) if h < height else 0
+      left = int(rng.integers(0, width - w)) if w < width else 0
       return left, top, w, h
   return 0, 0, width, height
 
