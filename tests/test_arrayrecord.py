@@ -78,8 +78,8 @@ def test_converting_photos_killed_and_resumed_is_byte_identical(tmp_path):
   (photos / 'train' / 'china_left' / 'notes.jpg').write_text('not a photo')
   args = ['--source', f'folder:{photos}', '--shards', '20']
   straight = run_module('vit_jax.data.convert', *args, '--out', tmp_path / 'straight')
-  assert ('left out train/china_left/notes.jpg: not an image file Pillow can '
-          'read') in straight.stdout.splitlines()
+  assert ('left out train/china_left/notes.jpg: not an image OpenCV or '
+          'Pillow can decode') in straight.stdout.splitlines()
   out = tmp_path / 'killed'
   proc = start_module('vit_jax.data.convert', *args, '--out', out)
   deadline = time.time() + 120

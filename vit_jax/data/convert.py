@@ -35,7 +35,7 @@ from etils import epath
 import numpy as np
 
 from vit_jax import app
-from vit_jax.data import arrayrecord, registry, splits
+from vit_jax.data import arrayrecord, image_ops, registry, splits
 from vit_jax.runtime import paths
 from vit_jax.runtime.user_errors import UserError
 
@@ -85,15 +85,11 @@ def _encoded(image) -> bytes:
 
 def _undecodable(data: bytes) -> str | None:
   """Why `data` is not an image the Grain path can decode, or None."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
-    with Image.open(io.BytesIO(data)) as image:
-      image.load()
+    image_ops.decode_image(data)
     return None
-  except Image.UnidentifiedImageError:
-    return 'not an image file Pillow can read'
-  except Exception as e:  # pylint: disable=broad-except
-    return f'{type(e).__name__}: {e}'
+  except ValueError as e:
+    return str(e)
 
 
 def _key(raw_key: bytes | str, root: str | None) -> str:

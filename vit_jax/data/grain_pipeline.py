@@ -99,13 +99,13 @@ def _preprocessed(examples: Examples, preprocess, index: int, seed) -> dict:
         f'{str(e).splitlines()[0] if str(e) else ""}. {_advice()}') from None
 
 
-def _stack(examples: list[dict], onehot_classes: int | None) -> dict:
+def _stack(preprocess, examples: list[dict], onehot_classes: int | None) -> dict:
   labels = [e['label'] for e in examples]
   if onehot_classes and np.ndim(labels[0]) == 0:
     labels = np.eye(onehot_classes, dtype=np.float32)[np.asarray(labels)]
   else:
     labels = np.asarray(labels, np.float32 if np.ndim(labels[0]) else np.int32)
-  return {'images': np.stack([e['image'] for e in examples]).astype(np.float32),
+  return {'images': preprocess.batch_images([e['image'] for e in examples]),
           'labels': labels}
 
 
@@ -147,7 +147,7 @@ class TrainBatch:
 
   def __call__(self, b: int) -> dict:
     made = [self.example(place) for place in self.places(int(b))]
-    batch = _stack([example for example, _ in made],
+    batch = _stack(self.preprocess, [example for example, _ in made],
                    self.examples.num_classes if self.preprocess.needs_onehot
                    else None)
     if self.preprocess.batch_ops:
@@ -284,7 +284,8 @@ class EvalBatch:
                               f'{self.examples.name} decodes.')
     blank = {'image': np.zeros_like(template['image']),
              'label': np.zeros_like(template['label'])}
-    batch = _stack([e if e is not None else blank for e in made], None)
+    batch = _stack(self.preprocess, [e if e is not None else blank for e in made],
+                   None)
     batch['mask'] = np.asarray(mask, np.float32)
     return batch
 
