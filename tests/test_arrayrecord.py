@@ -132,7 +132,9 @@ def test_converted_tfds_dataset_holds_its_examples(tmp_path):
 def test_training_on_converted_photos_without_tensorflow(tmp_path):
   """The photos converted, then the photo-folder test's run (custom config,
   mu/16, 400 steps) on them with TensorFlow unimportable: the same
-  accuracy class as on the folder."""
+  accuracy class as on the folder. Predicting the test photos and
+  exporting the run need no TensorFlow either, and the predictions score
+  what the run's evaluation scored."""
   photos = make_photo_folder(tmp_path / 'photos')
   run_module('vit_jax.data.convert', '--source', f'folder:{photos}', '--out',
              tmp_path / 'ar')
@@ -152,6 +154,19 @@ def test_training_on_converted_photos_without_tensorflow(tmp_path):
              (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
   assert records[-1]['eval/accuracy_examples'] == 40
   assert records[-1]['eval/accuracy'] >= 0.55  # the folder run's bar
+  out = run_module('vit_jax.predict', '--model', tmp_path / 'run', '--images',
+                   photos / 'test', '--top_k=1', '--output',
+                   tmp_path / 'predictions.jsonl', env=env)
+  assert out.stdout.splitlines()[-1] == '40 images predicted, 0 unreadable'
+  predictions = [json.loads(l) for l in
+                 (tmp_path / 'predictions.jsonl').read_text().splitlines()]
+  correct = sum(p['top_k'][0]['label'] == os.path.basename(os.path.dirname(p['image']))
+                for p in predictions)
+  assert correct == round(records[-1]['eval/accuracy'] * 40)
+  for format_ in ('vit_jax', 'hf'):
+    run_module('vit_jax.export', '--model', tmp_path / 'run', '--format',
+               format_, '--out', tmp_path / f'export_{format_}', env=env)
+  assert (tmp_path / 'export_hf' / 'model.safetensors').exists()
 
 
 def test_finetuning_on_two_processes_equals_one_process(digits_arrayrecord, tmp_path):

@@ -31,8 +31,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from vit_jax import app
-from vit_jax.data import inputs
-from vit_jax.data.sources import IMAGE_SUFFIXES
+from vit_jax.data import inputs, registry
+from vit_jax.data.image_ops import IMAGE_SUFFIXES
 from vit_jax.formats import saved_model
 from vit_jax.models import attention_maps
 from vit_jax.models import build_model
@@ -55,16 +55,25 @@ _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', 64, 'Images per step (rounded up to the device count).')
 
 
+def _glob(pattern: str) -> list[str]:
+  """Files matching a glob, local or in a bucket: the pattern applies from
+  its first folder with a wildcard."""
+  parts = pattern.split('/')
+  first = next(i for i, part in enumerate(parts) if any(c in part for c in '*?['))
+  base = '/'.join(parts[:first]) or '.'
+  return sorted(os.fspath(p) if base != '.' else os.path.relpath(p)
+                for p in epath.Path(base).glob('/'.join(parts[first:])))
+
+
 def list_images(spec: str) -> list[str]:
   """Comma-separated files, a folder (recursively) or a glob -> paths."""
-  tf = import_tensorflow()
   paths = []
   for item in filter(None, (s.strip() for s in spec.split(','))):
     if any(c in item for c in '*?['):
-      paths += sorted(tf.io.gfile.glob(item))
-    elif tf.io.gfile.isdir(item):
-      for folder, _, files in sorted(tf.io.gfile.walk(item)):
-        paths += [os.path.join(folder, f) for f in sorted(files)
+      paths += _glob(item)
+    elif epath.Path(item).is_dir():
+      for folder, _, files in sorted(epath.Path(item).walk()):
+        paths += [os.fspath(folder / f) for f in sorted(files)
                   if f.lower().endswith(IMAGE_SUFFIXES)]
     else:
       paths.append(item)
@@ -82,9 +91,51 @@ _IMAGE_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a'
                      b'BM', b'\xff\x0a', b'\x00\x00\x00\x0cJXL ')
 
 
+def _read(path: str) -> bytes:
+  try:
+    data = epath.Path(path).read_bytes()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'cannot read it ({type(e).__name__}: {e})') from None
+  if not data.startswith(_IMAGE_SIGNATURES) and data[8:12] != b'WEBP':
+    raise ValueError('cannot decode it as an image (not a JPEG, PNG, GIF, '
+                     'BMP or WebP file)')
+  return data
+
+
 def make_preprocess(config):
   """path -> the model input (float32 (size, size, 3)) through the run's
-  pp_eval, or raises an error that says why the image cannot be used."""
+  pp_eval with the ops of the run's input pipeline (so predictions see the
+  pixels its evaluation saw), or raises an error that says why the image
+  cannot be used."""
+  if registry.scheme_of(config.dataset)[0] == 'arrayrecord':
+    return _grain_preprocess(config)
+  return _tf_preprocess(config)
+
+
+def _checked(image: np.ndarray, size: int) -> np.ndarray:
+  if image.shape != (size, size, 3):
+    raise ValueError(f'pp_eval gives {image.shape}, not ({size}, {size}, 3)')
+  return image.astype(np.float32)
+
+
+def _grain_preprocess(config):
+  """The Grain path's ops (OpenCV, Pillow): no TensorFlow."""
+  from vit_jax.data import image_ops  # pylint: disable=g-import-not-at-top
+  preprocess = image_ops.Preprocess(inputs.filled_op_string(config, 'pp_eval'))
+
+  def run(path: str) -> np.ndarray:
+    data = _read(path)
+    try:
+      example = preprocess.example_fn({'image': data, 'label': 0}, (0, 0))
+    except ValueError as e:
+      raise ValueError(f'cannot decode it as an image ({e})') from None
+    return _checked(preprocess.batch_images([example['image']])[0],
+                    config.image_size)
+  return run
+
+
+def _tf_preprocess(config):
+  """The tf.data path's ops."""
   # TensorFlow decodes and resizes; imported once there are images to read.
   tf = import_tensorflow()
   from vit_jax.data.ops import Preprocess  # pylint: disable=g-import-not-at-top
@@ -101,22 +152,14 @@ def make_preprocess(config):
     return example['image']
 
   def run(path: str) -> np.ndarray:
-    try:
-      data = epath.Path(path).read_bytes()
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'cannot read it ({type(e).__name__}: {e})') from None
-    if not data.startswith(_IMAGE_SIGNATURES) and data[8:12] != b'WEBP':
-      raise ValueError('cannot decode it as an image (not a JPEG, PNG, GIF, '
-                       'BMP or WebP file)')
+    data = _read(path)
     try:
       with native_noise_dropped():  # TensorFlow warns of each failure
         pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
       image = prepare(pixels).numpy()
     except tf.errors.OpError as e:
       raise ValueError(f'cannot decode it as an image ({_cause(e)})') from None
-    if image.shape != (size, size, 3):
-      raise ValueError(f'pp_eval gives {image.shape}, not ({size}, {size}, 3)')
-    return image.astype(np.float32)
+    return _checked(image, size)
   return run
 
 

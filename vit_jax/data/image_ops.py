@@ -30,6 +30,9 @@ from vit_jax.data import op_strings, randaugment_pil
 # pool would oversubscribe the cores.
 cv2.setNumThreads(1)
 
+# Image files, by suffix, that folder sources and predict read.
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+
 ExampleOp = Callable[[dict, np.random.Generator], dict]
 BatchOp = Callable[[dict, np.random.Generator], dict]
 _EXAMPLE_OPS: dict[str, Callable[..., ExampleOp]] = {}

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from vit_jax.data import pipeline
+from vit_jax.data.image_ops import IMAGE_SUFFIXES
 from vit_jax.data.splits import process_counts, process_range, slice_split, stratified_order
 from vit_jax.data.registry import DatasetNotFoundError
 from vit_jax.formats import run_record
@@ -23,7 +24,6 @@ from vit_jax.runtime.native_logs import import_tensorflow, import_tensorflow_dat
 tf = import_tensorflow()
 tfds = import_tensorflow_datasets()
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 _TFDS_PREPARE = {
     'imagenet2012': (
         'ImageNet needs a manual download: put ILSVRC2012_img_train.tar and '
