@@ -60,8 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       args['dataset'], (None, None, 'train', 'auto'))
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # A TFDS name, 'digits' (bundled), 'folder:PATH', 'tfds_dir:PATH' or
-  # 'synthetic'; see vit_jax/data/registry.py.
+  # A TFDS name, 'digits' (bundled), 'folder:PATH', 'tfds_dir:PATH',
+  # 'arrayrecord:PATH' or 'synthetic'; see vit_jax/data/registry.py.
   config.dataset = args['dataset']
   # The dataset the class count and splits below were set for; when
   # --config.dataset names another, they are read from that data instead.
@@ -82,6 +82,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.cache_raw = False   # keep encoded examples in host memory
   config.cache_eval = False  # keep preprocessed eval batches in host memory
   config.on_corrupt = 'stop'  # or 'skip' (counted as data/skipped_images)
+  # arrayrecord: data (Grain): worker processes preprocessing whole host
+  # batches (0: threads of the training process), and where shards in a
+  # bucket are copied (None: ~/.cache/vit_jax/arrayrecord).
+  config.data_workers = 0
+  config.data_cache_dir = ml_collections.FieldReference(None, field_type=str)
   # Repeated augmentation (DeiT: 3): each image read is in the batch this
   # many times, each copy augmented on its own.
   config.repeated_augmentation = 1

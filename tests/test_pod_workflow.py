@@ -1,7 +1,9 @@
 """The pod workflow against a local storage emulator (fake-gcs-server), as a
-user runs it: two processes with a gs:// workdir, one SIGKILLed and the
-job rerun, then fine-tuning and few-shot evaluation from the bucket on two
-processes. Every file lands in the bucket; none on the local disk."""
+user runs it: the data converted to ArrayRecord shards in the bucket, two
+processes with a gs:// workdir training on them, one SIGKILLed and the job
+rerun, then fine-tuning and few-shot evaluation from the bucket on two
+processes. Every file of the runs lands in the bucket; none on the local
+disk but the copy of the data's shards each host reads."""
 
 import json
 import os
@@ -15,7 +17,8 @@ from vit_jax.formats import npz as checkpoints
 from vit_jax.formats import transfer
 
 DEMO = os.path.join(ROOT, 'configs', 'demo.py')
-PRETRAIN = ['--config', DEMO, '--config.total_steps=24',
+DATA = 'arrayrecord:gs://bucket/digits'
+PRETRAIN = ['--config', DEMO, f'--config.dataset={DATA}', '--config.total_steps=24',
             '--config.checkpoint_steps=8', '--config.log_steps=4',
             '--config.evals.accuracy.every_steps=24', '--config.schedule.warmup_steps=4',
             '--config.evals.fewshot.every_steps=0']
@@ -28,11 +31,20 @@ def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
   here.mkdir()
   run = lambda module, *args, logs: finish(start_processes(
       module, *args, logs=tmp_path / logs, env=env, cwd=here), tmp_path / logs)
+  cache = f'--config.data_cache_dir={tmp_path / "shards"}'
 
-  run('vit_jax.train', *PRETRAIN, '--workdir=gs://bucket/straight',
+  run_module('vit_jax.data.convert', '--source=digits', '--shards=3',
+             '--out=gs://bucket/digits', env=env, cwd=here)
+  assert storage_emulator.objects('digits/') == [
+      'digits/.shards/test-00000-of-00001.array_record.json',
+      *[f'digits/.shards/train-0000{i}-of-00003.array_record.json' for i in range(3)],
+      'digits/metadata.json', 'digits/test-00000-of-00001.array_record',
+      *[f'digits/train-0000{i}-of-00003.array_record' for i in range(3)]]
+
+  run('vit_jax.train', *PRETRAIN, cache, '--workdir=gs://bucket/straight',
       logs='straight')
 
-  procs = start_processes('vit_jax.train', *PRETRAIN, '--workdir=gs://bucket/run',
+  procs = start_processes('vit_jax.train', *PRETRAIN, cache, '--workdir=gs://bucket/run',
                           '--heartbeat_timeout=10', logs=tmp_path / 'killed',
                           env=env, cwd=here)
   wait_for_line(tmp_path / 'killed' / '0.out', 'step 12/24', proc=procs[0])
@@ -44,7 +56,7 @@ def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
   assert procs[0].returncode != 0 and time.time() - killed < 60
   assert 'run/checkpoints/8/' in ' '.join(storage_emulator.objects('run/'))
 
-  resumed = run('vit_jax.train', *PRETRAIN, '--workdir=gs://bucket/run',
+  resumed = run('vit_jax.train', *PRETRAIN, cache, '--workdir=gs://bucket/run',
                 logs='resumed')[0]
   assert 'resumed from step 8 in gs://bucket/run' in resumed
   # The bucket is read over HTTP into local copies: this process keeps no
@@ -75,13 +87,12 @@ def test_two_processes_on_a_bucket_resume_fine_tune_and_probe(
            if any(v.tag == 'loss' for v in e.summary.value)}
   assert sorted(steps) == logged
 
-  # Synthetic data: global batch i is the same on any process count, so one
-  # process must compute what two computed (each process's pipeline over a
-  # real dataset shuffles its own share).
+  # On ArrayRecord data global batch i is the same on any process count,
+  # so one process must compute what two computed.
   finetune = ['--config',
-              f'{ROOT}/configs/finetune.py:model=nano/2,dataset=synthetic,batch_size=64',
+              f'{ROOT}/configs/finetune.py:model=nano/2,dataset={DATA},batch_size=64',
               '--config.init_from=gs://bucket/run', '--config.image_size=8',
-              '--config.num_classes=10', '--config.total_steps=8',
+              cache, '--config.total_steps=8', '--config.pp_eval=decode',
               '--config.schedule.warmup_steps=2', '--config.evals.accuracy.every_steps=8']
   run('vit_jax.finetune', *finetune, '--workdir=gs://bucket/ft', logs='finetune')
   (tmp_path / 'finetuned.npz').write_bytes(storage_emulator.read('ft/finetuned.npz'))

@@ -29,6 +29,7 @@ import os
 import queue
 import shutil
 import sys
+import tempfile
 
 from absl import flags
 from etils import epath
@@ -139,10 +140,9 @@ def _write_shard(shard: _Shard) -> dict:
   root = getattr(source, 'root', None)
   multi_label = getattr(source, 'multi_label', False)
   ds, _ = source.read(shard.split, shard.index, shard.count)
-  local_dir = (os.path.join(os.path.expanduser('~/.cache/vit_jax/convert'),
-                            os.path.basename(shard.out.rstrip('/')))
+  # A shard bound for a bucket is written locally, then uploaded whole.
+  local_dir = (tempfile.mkdtemp(prefix='vit_jax_convert_')
                if paths.is_remote(shard.out) else shard.out)
-  os.makedirs(local_dir, exist_ok=True)
   partial = os.path.join(local_dir, f'.{shard.name}.partial')
   writer = array_record_module.ArrayRecordWriter(
       partial, arrayrecord.WRITER_OPTIONS)
@@ -176,7 +176,7 @@ def _write_shard(shard: _Shard) -> dict:
   if paths.is_remote(shard.out):
     with open(partial, 'rb') as src, target.open('wb') as dst:
       shutil.copyfileobj(src, dst, 1 << 24)
-    os.remove(partial)
+    shutil.rmtree(local_dir)
   else:
     os.replace(partial, os.fspath(target))
   return record
