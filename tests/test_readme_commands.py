@@ -111,9 +111,10 @@ def test_readme_commands_run_as_typed(tmp_path):
                          out.stderr), f'{command}\n{out.stderr[-3000:]}'
     ran.append(command)
   assert used == set(SHORTER)
-  # The main job, fine-tuning, predict (files, scoring, attention), the
-  # three exports and both few-shot probes.
-  assert len(ran) == 11, ran
+  # The main job, the digits converted and the main job on them,
+  # fine-tuning, predict (files, scoring, attention), the three exports and
+  # both few-shot probes.
+  assert len(ran) == 13, ran
   assert (tmp_path / 'vit_demo' / 'checkpoints').is_dir()
   assert (tmp_path / 'vit_finetune' / 'finetuned.npz').is_file()
   assert (tmp_path / 'preds.jsonl').read_text().count('\n') == 360
