@@ -73,11 +73,13 @@ def _files(folder):
 def test_converting_photos_killed_and_resumed_is_byte_identical(tmp_path):
   """1,040 real JPEG photos and one file that is no image, in 21 shards:
   a conversion killed after a few shards and run again writes exactly the
-  files of one never interrupted, and names the file it left out."""
+  files of one never interrupted (by two worker processes), and names the
+  file it left out."""
   photos = make_photo_folder(tmp_path / 'photos', train_per_class=250)
   (photos / 'train' / 'china_left' / 'notes.jpg').write_text('not a photo')
   args = ['--source', f'folder:{photos}', '--shards', '20']
-  straight = run_module('vit_jax.data.convert', *args, '--out', tmp_path / 'straight')
+  straight = run_module('vit_jax.data.convert', *args, '--workers', '2',
+                        '--out', tmp_path / 'straight')
   assert ('left out train/china_left/notes.jpg: not an image OpenCV or '
           'Pillow can decode') in straight.stdout.splitlines()
   out = tmp_path / 'killed'
@@ -134,7 +136,7 @@ def test_training_on_converted_photos_without_tensorflow(tmp_path):
   mu/16, 400 steps) on them with TensorFlow unimportable: the same
   accuracy class as on the folder. Predicting the test photos and
   exporting the run need no TensorFlow either, and the predictions score
-  what the run's evaluation scored."""
+  what the run's evaluation scored; nor does a run on synthetic data."""
   photos = make_photo_folder(tmp_path / 'photos')
   run_module('vit_jax.data.convert', '--source', f'folder:{photos}', '--out',
              tmp_path / 'ar')
@@ -163,6 +165,11 @@ def test_training_on_converted_photos_without_tensorflow(tmp_path):
   correct = sum(p['top_k'][0]['label'] == os.path.basename(os.path.dirname(p['image']))
                 for p in predictions)
   assert correct == round(records[-1]['eval/accuracy'] * 40)
+  run_module('vit_jax.train', '--config',
+             'configs/pretrain.py:model=mu/16,dataset=synthetic,batch_size=8',
+             '--config.image_size=32', '--config.total_steps=2',
+             '--config.schedule.warmup_steps=0', '--workdir',
+             tmp_path / 'synthetic', env=env)
   for format_ in ('vit_jax', 'hf'):
     run_module('vit_jax.export', '--model', tmp_path / 'run', '--format',
                format_, '--out', tmp_path / f'export_{format_}', env=env)
