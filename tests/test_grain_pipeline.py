@@ -143,8 +143,8 @@ def test_unreadable_image_stops_with_its_name_or_is_stood_in_for():
 
 
 def test_both_pipelines_know_the_same_ops_and_errors():
-  assert sorted(image_ops._EXAMPLE_OPS) == sorted(ops._EXAMPLE_OPS)
-  assert sorted(image_ops._BATCH_OPS) == sorted(ops._BATCH_OPS)
+  assert sorted(image_ops.OPS.example_ops) == sorted(ops.OPS.example_ops)
+  assert sorted(image_ops.OPS.batch_ops) == sorted(ops.OPS.batch_ops)
   for bad in ('nosuch(3)', 'mixup(0.2)|flip_lr', 'resize(224', 'randaug(2,40)'):
     with pytest.raises(ValueError) as numpy_error:
       image_ops.Preprocess(bad)

@@ -160,6 +160,18 @@ class TrainBatch:
     return batch
 
 
+def _process_part(what: str, batch_size: int, process_index, process_count
+                  ) -> tuple[int, int, int]:
+  """(process index, process count, per-process batch), the first two
+  from JAX unless given."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if batch_size % process_count:
+    raise ValueError(f'{what} batch size {batch_size} is not divisible by '
+                     f'the {process_count} processes; choose a multiple.')
+  return process_index, process_count, batch_size // process_count
+
+
 def _gather_sum(value: int) -> int:
   if jax.process_count() == 1:
     return int(value)
@@ -198,11 +210,8 @@ class TrainIterator:
                process_index: int | None = None,
                process_count: int | None = None):
     check_on_corrupt(on_corrupt)
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if batch_size % process_count:
-      raise ValueError(f'global batch size {batch_size} is not divisible by '
-                       f'the {process_count} processes; choose a multiple.')
+    process_index, process_count, _ = _process_part(
+        'global', batch_size, process_index, process_count)
     if not isinstance(repeats, int) or repeats < 1:
       raise ConfigError(f'config.repeated_augmentation={repeats!r}: expected '
                         f'a whole number >= 1 (3 in DeiT, 1 for none).')
@@ -298,12 +307,8 @@ def eval_batches(examples: Examples, *, pp: str, batch_size: int,
   """A factory of fresh passes: host batches with a 'mask', the same
   number on every process."""
   check_on_corrupt(on_corrupt)
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if batch_size % process_count:
-    raise ValueError(f'eval batch size {batch_size} is not divisible by the '
-                     f'{process_count} processes; choose a multiple.')
-  local = batch_size // process_count
+  process_index, process_count, local = _process_part(
+      'eval', batch_size, process_index, process_count)
   if image_ops.Preprocess(pp).batch_ops:
     raise ValueError(f'eval op string {pp!r} has batch ops (mixup/cutmix); '
                      f'evaluation must not mix examples.')

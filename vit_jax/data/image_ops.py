@@ -18,7 +18,6 @@ it. Unlike tf.data's decode_and_crop_jpeg, the whole JPEG is decoded.
 
 import io
 import math
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -33,28 +32,11 @@ cv2.setNumThreads(1)
 # Image files, by suffix, that folder sources and predict read.
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
-ExampleOp = Callable[[dict, np.random.Generator], dict]
-BatchOp = Callable[[dict, np.random.Generator], dict]
-_EXAMPLE_OPS: dict[str, Callable[..., ExampleOp]] = {}
-_BATCH_OPS: dict[str, Callable[..., BatchOp]] = {}
+OPS = op_strings.OpRegistry()
 _METHODS = {'bilinear': cv2.INTER_LINEAR, 'bicubic': cv2.INTER_CUBIC,
             'nearest': cv2.INTER_NEAREST, 'area': cv2.INTER_AREA,
             'lanczos3': cv2.INTER_LANCZOS4}
 _DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-
-
-def _example_op(fn):
-  _EXAMPLE_OPS[fn.__name__] = fn
-  return fn
-
-
-def _batch_op(fn):
-  _BATCH_OPS[fn.__name__] = fn
-  return fn
-
-
-def _hw(size) -> tuple[int, int]:
-  return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def _method(name: str):
@@ -143,15 +125,15 @@ def crop_box(height: int, width: int, rng, area_min=5, area_max=100):
   return 0, 0, width, height
 
 
-@_example_op
+@OPS.example
 def decode():
   return _on_image(lambda image, rng: _array(image))
 
 
-@_example_op
+@OPS.example
 def inception_crop(size, area_min=5, area_max=100):
   """Random crop of 5-100% of the area, aspect 3/4-4/3, resized to `size`."""
-  out_h, out_w = _hw(size)
+  out_h, out_w = op_strings.hw(size)
 
   def crop(image, rng):
     pixels = _array(image)
@@ -160,22 +142,22 @@ def inception_crop(size, area_min=5, area_max=100):
   return _on_image(crop)
 
 
-@_example_op
+@OPS.example
 def decode_inception_crop(size, area_min=5, area_max=100):
   """inception_crop of encoded bytes (the tf.data op's name; here the whole
   image is decoded)."""
   return inception_crop(size, area_min, area_max)
 
 
-@_example_op
+@OPS.example
 def resize(size, method='bilinear'):
-  out_h, out_w = _hw(size)
+  out_h, out_w = op_strings.hw(size)
   interpolation = _method(method)
   return _on_image(lambda image, rng: _resized(_array(image), out_h, out_w,
                                                interpolation))
 
 
-@_example_op
+@OPS.example
 def resize_small(size, method='bilinear'):
   """Resizes so that the shorter side is `size`, keeping the aspect ratio."""
   interpolation = _method(method)
@@ -189,9 +171,9 @@ def resize_small(size, method='bilinear'):
   return _on_image(op)
 
 
-@_example_op
+@OPS.example
 def central_crop(size):
-  ch, cw = _hw(size)
+  ch, cw = op_strings.hw(size)
 
   def op(image, rng):
     pixels = _array(image)
@@ -203,9 +185,9 @@ def central_crop(size):
   return _on_image(op)
 
 
-@_example_op
+@OPS.example
 def random_crop(size):
-  ch, cw = _hw(size)
+  ch, cw = op_strings.hw(size)
 
   def op(image, rng):
     pixels = _array(image)
@@ -218,7 +200,7 @@ def random_crop(size):
   return _on_image(op)
 
 
-@_example_op
+@OPS.example
 def pad(pixels, value=0):
   """Pads every side (e.g. before random_crop, for small translations)."""
   return _on_image(lambda image, rng: np.pad(
@@ -226,7 +208,7 @@ def pad(pixels, value=0):
       constant_values=value))
 
 
-@_example_op
+@OPS.example
 def flip_lr():
   def op(image, rng):
     if rng.random() < 0.5:
@@ -237,7 +219,7 @@ def flip_lr():
   return _on_image(op)
 
 
-@_example_op
+@OPS.example
 def randaug(num_layers=2, magnitude=10, magnitude_std=0):
   """RandAugment (vit_jax/data/randaugment_pil.py)."""
   randaugment_pil.check_arguments(magnitude, magnitude_std)
@@ -255,14 +237,14 @@ def _to_range(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
   return out
 
 
-@_example_op
+@OPS.example
 def value_range(low=-1.0, high=1.0):
   op = _on_image(lambda image, rng: _to_range(_array(image), low, high))
   op.value_range = (low, high)  # Preprocess applies a final one per batch
   return op
 
 
-@_example_op
+@OPS.example
 def random_erase(probability=0.25, area_min=0.02, area_max=1 / 3,
                  aspect_min=0.3, aspect_max=3.3, attempts=10):
   """Random erasing as the tf.data op does it (timm's RandomErasing,
@@ -298,7 +280,7 @@ def _mix_labels(labels, lam):
   return lam * labels + (1 - lam) * np.roll(labels, 1, axis=0)
 
 
-@_batch_op
+@OPS.batch
 def mixup(alpha=0.2):
   """Each example blended with its neighbour in the batch, weight ~ Beta."""
   def op(batch, rng):
@@ -308,7 +290,7 @@ def mixup(alpha=0.2):
   return op
 
 
-@_batch_op
+@OPS.batch
 def cutmix(alpha=1.0):
   """A box from the neighbouring example pasted in; labels by area."""
   def op(batch, rng):
@@ -340,8 +322,7 @@ class Preprocess:
 
   def __init__(self, spec: str):
     self.spec = spec
-    self.example_ops, self.batch_ops, has_range = op_strings.split_ops(
-        spec, _EXAMPLE_OPS, _BATCH_OPS)
+    self.example_ops, self.batch_ops, has_range = op_strings.split_ops(spec, OPS)
     self.final_range = (-1.0, 1.0)
     if has_range:
       last = self.example_ops[-1]

@@ -4,6 +4,29 @@ into (name, arguments) pairs, without TensorFlow: the tf.data ops
 (vit_jax/data/image_ops.py) take the same strings."""
 
 import ast
+from typing import Callable
+
+
+class OpRegistry:
+  """The op factories of one pipeline by name: `@ops.example` for
+  per-example ops, `@ops.batch` for batch ops (mixup, cutmix)."""
+
+  def __init__(self):
+    self.example_ops: dict[str, Callable] = {}
+    self.batch_ops: dict[str, Callable] = {}
+
+  def example(self, fn):
+    self.example_ops[fn.__name__] = fn
+    return fn
+
+  def batch(self, fn):
+    self.batch_ops[fn.__name__] = fn
+    return fn
+
+
+def hw(size) -> tuple[int, int]:
+  """An op's size argument, 224 or (224, 160), as (height, width)."""
+  return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def parse_op(spec: str) -> tuple[str, tuple]:
@@ -22,11 +45,11 @@ def parse_op(spec: str) -> tuple[str, tuple]:
   return name, args
 
 
-def split_ops(spec: str, example_ops: dict, batch_ops: dict
-              ) -> tuple[list, list, bool]:
+def split_ops(spec: str, registry: OpRegistry) -> tuple[list, list, bool]:
   """The example ops and batch ops of `spec`, built from the factories in
-  `example_ops` and `batch_ops` (name -> factory), and whether the string
-  has its own `value_range`. Batch ops must come last."""
+  `registry`, and whether the string has its own `value_range`. Batch ops
+  must come last."""
+  example_ops, batch_ops = registry.example_ops, registry.batch_ops
   built_example, built_batch, has_range = [], [], False
   for item in filter(None, (s.strip() for s in spec.split('|'))):
     name, args = parse_op(item)

@@ -12,31 +12,13 @@ or, if absent, one added at the end). Batch ops (mixup, cutmix) come last
 and act on whole batches of float images and one-hot labels.
 """
 
-from typing import Callable
 
 from vit_jax.data import op_strings, randaugment
 from vit_jax.runtime.native_logs import import_tensorflow
 
 tf = import_tensorflow()
 
-ExampleOp = Callable[[dict, tf.Tensor], dict]
-BatchOp = Callable[[dict, tf.Tensor], dict]
-_EXAMPLE_OPS: dict[str, Callable[..., ExampleOp]] = {}
-_BATCH_OPS: dict[str, Callable[..., BatchOp]] = {}
-
-
-def _example_op(fn):
-  _EXAMPLE_OPS[fn.__name__] = fn
-  return fn
-
-
-def _batch_op(fn):
-  _BATCH_OPS[fn.__name__] = fn
-  return fn
-
-
-def _hw(size) -> tuple[int, int]:
-  return (size, size) if isinstance(size, int) else tuple(size)
+OPS = op_strings.OpRegistry()
 
 
 def _on_image(transform):
@@ -66,23 +48,23 @@ def _crop_box(shape, seed, area_min, area_max):
   return begin, size
 
 
-@_example_op
+@OPS.example
 def decode():
   return _on_image(lambda data, seed: _decode_full(data))
 
 
-@_example_op
+@OPS.example
 def inception_crop(size, area_min=5, area_max=100):
   """Random crop of 5-100% of the area, aspect 3/4-4/3, resized to `size`."""
   def crop(image, seed):
     image = _decode_full(image)
     begin, box = _crop_box(tf.shape(image), seed, area_min, area_max)
     crop = tf.slice(image, begin, box)
-    return randaugment.to_uint8(tf.image.resize(crop, _hw(size)))
+    return randaugment.to_uint8(tf.image.resize(crop, op_strings.hw(size)))
   return _on_image(crop)
 
 
-@_example_op
+@OPS.example
 def decode_inception_crop(size, area_min=5, area_max=100):
   """inception_crop that decodes only the cropped window of a JPEG: the
   costliest op of ImageNet training made cheaper. Other formats decode fully."""
@@ -103,17 +85,17 @@ def decode_inception_crop(size, area_min=5, area_max=100):
 
     cropped = tf.cond(tf.io.is_jpeg(data), jpeg, other)
     cropped.set_shape([None, None, 3])
-    return randaugment.to_uint8(tf.image.resize(cropped, _hw(size)))
+    return randaugment.to_uint8(tf.image.resize(cropped, op_strings.hw(size)))
   return _on_image(crop)
 
 
-@_example_op
+@OPS.example
 def resize(size, method='bilinear'):
   return _on_image(lambda image, seed: randaugment.to_uint8(
-      tf.image.resize(_decode_full(image), _hw(size), method=method)))
+      tf.image.resize(_decode_full(image), op_strings.hw(size), method=method)))
 
 
-@_example_op
+@OPS.example
 def resize_small(size, method='bilinear'):
   """Resizes so that the shorter side is `size`, keeping the aspect ratio."""
   def op(image, seed):
@@ -125,26 +107,26 @@ def resize_small(size, method='bilinear'):
   return _on_image(op)
 
 
-@_example_op
+@OPS.example
 def central_crop(size):
   def op(image, seed):
     image = _decode_full(image)
-    ch, cw = _hw(size)
+    ch, cw = op_strings.hw(size)
     top = (tf.shape(image)[0] - ch) // 2
     left = (tf.shape(image)[1] - cw) // 2
     return tf.image.crop_to_bounding_box(image, top, left, ch, cw)
   return _on_image(op)
 
 
-@_example_op
+@OPS.example
 def random_crop(size):
   def op(image, seed):
     image = _decode_full(image)
-    return tf.image.stateless_random_crop(image, (*_hw(size), 3), seed=seed)
+    return tf.image.stateless_random_crop(image, (*op_strings.hw(size), 3), seed=seed)
   return _on_image(op)
 
 
-@_example_op
+@OPS.example
 def pad(pixels, value=0):
   """Pads every side (e.g. before random_crop, for small translations)."""
   def op(image, seed):
@@ -153,13 +135,13 @@ def pad(pixels, value=0):
   return _on_image(op)
 
 
-@_example_op
+@OPS.example
 def flip_lr():
   return _on_image(lambda image, seed: tf.image.stateless_random_flip_left_right(
       _decode_full(image), seed))
 
 
-@_example_op
+@OPS.example
 def randaug(num_layers=2, magnitude=10, magnitude_std=0):
   """RandAugment: `num_layers` ops drawn uniformly, each at `magnitude` of
   10, or with `magnitude_std` (DeiT: randaug(2,9,0.5)) at a magnitude drawn
@@ -169,7 +151,7 @@ def randaug(num_layers=2, magnitude=10, magnitude_std=0):
       magnitude_std=magnitude_std))
 
 
-@_example_op
+@OPS.example
 def value_range(low=-1.0, high=1.0):
   def op(image, seed):
     image = tf.cast(_decode_full(image), tf.float32) / 255.0
@@ -177,7 +159,7 @@ def value_range(low=-1.0, high=1.0):
   return _on_image(op)
 
 
-@_example_op
+@OPS.example
 def random_erase(probability=0.25, area_min=0.02, area_max=1 / 3,
                  aspect_min=0.3, aspect_max=3.3, attempts=10):
   """Random erasing (Zhong et al. 2020) as DeiT trains with it (timm's
@@ -230,7 +212,7 @@ def _beta(seed, alpha):
   return a / (a + b)
 
 
-@_batch_op
+@OPS.batch
 def mixup(alpha=0.2):
   """Each example blended with its neighbour in the batch, weight ~ Beta."""
   def op(batch, seed):
@@ -240,7 +222,7 @@ def mixup(alpha=0.2):
   return op
 
 
-@_batch_op
+@OPS.batch
 def cutmix(alpha=1.0):
   """A box from the neighbouring example pasted in; labels by area."""
   def op(batch, seed):
@@ -273,8 +255,7 @@ class Preprocess:
 
   def __init__(self, spec: str):
     self.spec = spec
-    self.example_ops, self.batch_ops, has_range = op_strings.split_ops(
-        spec, _EXAMPLE_OPS, _BATCH_OPS)
+    self.example_ops, self.batch_ops, has_range = op_strings.split_ops(spec, OPS)
     if not has_range:
       self.example_ops.append(value_range())
     self.needs_onehot = bool(self.batch_ops)
