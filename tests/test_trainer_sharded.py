@@ -90,4 +90,4 @@ def test_two_processes_on_digits_count_every_test_example_once(tmp_path):
   data_state = json.loads((tmp_path / 'checkpoints' / '4' / 'data' /
                            'metadata').read_text())
   # Both hosts' stream positions are saved: 4 steps x 8 examples each.
-  assert data_state == {'next_batch': 4, 'positions': [32, 32], 'skipped': [0, 0]}
+  assert data_state == {'next_batch': 4, 'order': 'global', 'skipped': 0}

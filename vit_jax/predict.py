@@ -107,7 +107,7 @@ def make_preprocess(config):
   pp_eval with the ops of the run's input pipeline (so predictions see the
   pixels its evaluation saw), or raises an error that says why the image
   cannot be used."""
-  if registry.scheme_of(config.dataset)[0] == 'arrayrecord':
+  if registry.scheme_of(config.dataset)[0] in registry.GRAIN_SCHEMES:
     return _grain_preprocess(config)
   return _tf_preprocess(config)
 

@@ -18,7 +18,7 @@ import struct
 
 from etils import epath
 
-from vit_jax.data import grain_pipeline, image_ops, splits
+from vit_jax.data import grain_pipeline
 from vit_jax.data.registry import DatasetNotFoundError
 from vit_jax.runtime import paths
 
@@ -91,14 +91,14 @@ def _local_copy(root: str, names: list[str], cache_dir: str | None) -> str:
   return local
 
 
-class ArrayRecordSource:
+class ArrayRecordSource(grain_pipeline.GrainSource):
   """The registry's `Source` for `arrayrecord:DIR`."""
-  describes_data = True
-  uses_pp = True
+  decode = staticmethod(decode_record)
 
   def __init__(self, root: str, cache_dir: str | None = None,
                workers: int = 0):
-    self.root, self.workers = root, workers
+    self.root = self.name = root
+    self.workers = workers
     metadata_path = epath.Path(root) / METADATA
     if not metadata_path.exists():
       raise DatasetNotFoundError(
@@ -118,13 +118,8 @@ class ArrayRecordSource:
     self.cache_dir = cache_dir
     self._records: dict[str, ShardedRecords] = {}
 
-  @staticmethod
-  def parse_ops(pp: str) -> image_ops.Preprocess:
-    return image_ops.Preprocess(pp)
-
-  def _range(self, split: str) -> tuple[str, int, int]:
-    return splits.slice_split(split, self.splits,
-                              lambda name: self.splits[name]['count'])
+  def split_size(self, name: str) -> int:
+    return self.splits[name]['count']
 
   def records(self, name: str) -> ShardedRecords:
     if name not in self._records:
@@ -134,33 +129,6 @@ class ArrayRecordSource:
       self._records[name] = ShardedRecords(
           [os.path.join(folder, shard) for shard in shards])
     return self._records[name]
-
-  def process_counts(self, split: str, process_count: int) -> list[int]:
-    _, start, end = self._range(split)
-    return splits.process_counts(end - start, process_count)
-
-  def examples(self, split: str) -> grain_pipeline.Examples:
-    name, start, end = self._range(split)
-    return grain_pipeline.Examples(
-        self.records(name), start, end, decode_record,
-        num_classes=self.num_classes, multi_label=self.multi_label,
-        name=f'{self.root}/{split}')
-
-  def train_input(self, split: str, *, pp: str, batch_size: int, seed: int,
-                  on_corrupt: str, num_classes: int | None, repeats: int = 1,
-                  threads: int | None = None, **unused):
-    del unused, num_classes  # the order is global: no shuffle buffer or cache
-    return grain_pipeline.TrainIterator(
-        self.examples(split), pp=pp, batch_size=batch_size, seed=seed,
-        on_corrupt=on_corrupt, repeats=repeats, workers=self.workers,
-        threads=threads)
-
-  def eval_passes(self, split: str, *, pp: str, batch_size: int,
-                  on_corrupt: str = 'stop', cache: bool = False, **unused):
-    del unused
-    return grain_pipeline.eval_batches(
-        self.examples(split), pp=pp, batch_size=batch_size,
-        on_corrupt=on_corrupt, cache=cache)
 
 
 def open_arrayrecord(argument: str, *, data_dir=None, config=None

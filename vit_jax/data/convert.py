@@ -36,7 +36,7 @@ from etils import epath
 import numpy as np
 
 from vit_jax import app
-from vit_jax.data import arrayrecord, image_ops, registry, splits
+from vit_jax.data import arrayrecord, grain_pipeline, image_ops, registry, splits
 from vit_jax.runtime import paths
 from vit_jax.runtime.user_errors import UserError
 
@@ -127,8 +127,6 @@ _WORKER: dict = {}
 
 
 def _start_worker(source: str, data_dir, on_corrupt: str, messages) -> None:
-  from vit_jax.runtime import native_logs  # pylint: disable=g-import-not-at-top
-  native_logs.import_tensorflow()
   _WORKER.update(source=_open(source, data_dir), on_corrupt=on_corrupt,
                  messages=messages)
 
@@ -139,7 +137,7 @@ def _write_shard(shard: _Shard) -> dict:
   source, messages = _WORKER['source'], _WORKER['messages']
   root = getattr(source, 'root', None)
   multi_label = getattr(source, 'multi_label', False)
-  ds, _ = source.read(shard.split, shard.index, shard.count)
+  examples = _examples_of(source, shard)
   # A shard bound for a bucket is written locally, then uploaded whole.
   local_dir = (tempfile.mkdtemp(prefix='vit_jax_convert_')
                if paths.is_remote(shard.out) else shard.out)
@@ -147,7 +145,7 @@ def _write_shard(shard: _Shard) -> dict:
   writer = array_record_module.ArrayRecordWriter(
       partial, arrayrecord.WRITER_OPTIONS)
   written, left_out, pending = 0, [], 0
-  for example in ds.as_numpy_iterator():
+  for example in examples:
     key = _key(example['key'], root)
     data = _encoded(example['image'])
     why = _undecodable(data)
@@ -180,6 +178,16 @@ def _write_shard(shard: _Shard) -> dict:
   else:
     os.replace(partial, os.fspath(target))
   return record
+
+
+def _examples_of(source, shard: _Shard):
+  """The examples of the shard's part of its split, as numpy dicts."""
+  if isinstance(source, grain_pipeline.GrainSource):
+    examples = source.examples(shard.split)
+    start, end = splits.process_range(len(examples), shard.index, shard.count)
+    return (examples[i] for i in range(start, end))
+  ds, _ = source.read(shard.split, shard.index, shard.count)
+  return ds.as_numpy_iterator()
 
 
 def _shard_counts(sizes: dict[str, int], shards: int | None) -> dict[str, int]:

@@ -329,3 +329,46 @@ def eval_batches(examples: Examples, *, pp: str, batch_size: int,
     if cache:
       kept.extend(made)
   return batches
+
+
+class GrainSource:
+  """The registry's `Source` methods for a source of random-access splits:
+  subclasses set class_names, num_classes, multi_label, split_names,
+  workers and `name`, and give `split_size(name)` and `records(name)`
+  (indexable, picklable) with `decode(record) -> (image, label, key)`."""
+  describes_data = True
+  uses_pp = True
+  multi_label = False
+  workers = 0
+
+  @staticmethod
+  def parse_ops(pp: str) -> image_ops.Preprocess:
+    return image_ops.Preprocess(pp)
+
+  def _range(self, split: str) -> tuple[str, int, int]:
+    return splits.slice_split(split, self.split_names, self.split_size)
+
+  def process_counts(self, split: str, process_count: int) -> list[int]:
+    _, start, end = self._range(split)
+    return splits.process_counts(end - start, process_count)
+
+  def examples(self, split: str) -> Examples:
+    name, start, end = self._range(split)
+    return Examples(self.records(name), start, end, self.decode,
+                    num_classes=self.num_classes, multi_label=self.multi_label,
+                    name=f'{self.name}/{split}')
+
+  def train_input(self, split: str, *, pp: str, batch_size: int, seed: int,
+                  on_corrupt: str, num_classes: int | None, repeats: int = 1,
+                  threads: int | None = None, **unused) -> TrainIterator:
+    del unused, num_classes  # the order is global: no shuffle buffer or cache
+    return TrainIterator(
+        self.examples(split), pp=pp, batch_size=batch_size, seed=seed,
+        on_corrupt=on_corrupt, repeats=repeats, workers=self.workers,
+        threads=threads)
+
+  def eval_passes(self, split: str, *, pp: str, batch_size: int,
+                  on_corrupt: str = 'stop', cache: bool = False, **unused):
+    del unused
+    return eval_batches(self.examples(split), pp=pp, batch_size=batch_size,
+                        on_corrupt=on_corrupt, cache=cache)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Protocol
 from vit_jax.runtime.user_errors import ConfigError, UserError
 
 SOURCES = {
-    'digits': 'vit_jax.data.sources:open_digits',
+    'digits': 'vit_jax.data.digits:open_digits',
     'synthetic': 'vit_jax.data.synthetic:open_synthetic',
     'folder': 'vit_jax.data.sources:open_folder',
     'tfds_dir': 'vit_jax.data.sources:open_tfds_dir',
@@ -30,6 +30,10 @@ SOURCES = {
 }
 # What a pipeline does with an image it cannot read or decode.
 ON_CORRUPT = ('stop', 'skip')
+
+# Schemes read with Grain and the Pillow/OpenCV ops (vit_jax/data/image_ops.py);
+# the others with tf.data and its ops.
+GRAIN_SCHEMES = ('arrayrecord', 'digits')
 
 # Schemes written without ':ARGUMENT'.
 BARE_SCHEMES = ('digits', 'synthetic')

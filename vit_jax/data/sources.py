@@ -1,4 +1,4 @@
-"""The tf.data sources: TFDS, image folders, the bundled digits (opened
+"""The tf.data sources: TFDS, image folders, in-memory arrays (opened
 through vit_jax/data/registry.py).
 
 A source reads one split for one process and returns a tf.data.Dataset of
@@ -14,7 +14,7 @@ import os
 import jax
 import numpy as np
 
-from vit_jax.data import pipeline
+from vit_jax.data import digits, pipeline
 from vit_jax.data.image_ops import IMAGE_SUFFIXES
 from vit_jax.data.splits import process_counts, process_range, slice_split, stratified_order
 from vit_jax.data.registry import DatasetNotFoundError
@@ -82,20 +82,8 @@ class ArraySource(TfDataSource):
 
 
 def digits_source() -> ArraySource:
-  """scikit-learn's 1,797 handwritten digits (UCI; 8x8, 17 grey levels),
-  shipped inside the scikit-learn wheel. A fixed, class-stratified split:
-  'train' 1,437 and 'test' 360 (36 per class)."""
-  # scikit-learn is a slow import that only the digits need.
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  digits = load_digits()
-  grey = np.round(digits.images * (255 / 16)).astype(np.uint8)
-  images = np.repeat(grey[..., None], 3, axis=-1)
-  labels = digits.target.astype(np.int32)
-  rng = np.random.default_rng(0)
-  test = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:36]
-                         for c in range(10)])
-  train = np.setdiff1d(np.arange(len(labels)), test)
-  splits = {'train': rng.permutation(train), 'test': np.sort(test)}
+  """The bundled digits (vit_jax/data/digits.py) as a tf.data source."""
+  images, labels, splits = digits.digits_arrays()
   return ArraySource(images, labels, splits, num_classes=10, name='digits')
 
 
@@ -283,12 +271,6 @@ def _keep_tensorflow_on_the_host() -> None:
 
 
 # The registry's openers (vit_jax/data/registry.py).
-def open_digits(argument: str, *, data_dir=None, config=None) -> ArraySource:
-  del argument, data_dir, config
-  _keep_tensorflow_on_the_host()
-  return digits_source()
-
-
 def open_folder(argument: str, *, data_dir=None, config=None) -> FolderSource:
   del data_dir, config
   _keep_tensorflow_on_the_host()
