@@ -136,7 +136,8 @@ def test_training_on_converted_photos_without_tensorflow(tmp_path):
   mu/16, 400 steps) on them with TensorFlow unimportable: the same
   accuracy class as on the folder. Predicting the test photos and
   exporting the run need no TensorFlow either, and the predictions score
-  what the run's evaluation scored; nor does a run on synthetic data."""
+  what the run's evaluation scored; nor do runs on synthetic data and the
+  main job on the bundled digits."""
   photos = make_photo_folder(tmp_path / 'photos')
   run_module('vit_jax.data.convert', '--source', f'folder:{photos}', '--out',
              tmp_path / 'ar')
@@ -170,6 +171,13 @@ def test_training_on_converted_photos_without_tensorflow(tmp_path):
              '--config.image_size=32', '--config.total_steps=2',
              '--config.schedule.warmup_steps=0', '--workdir',
              tmp_path / 'synthetic', env=env)
+  # The main job, on the bundled digits, with its few-shot probes.
+  demo = run_module('vit_jax.train', '--config', 'configs/demo.py',
+                    '--config.total_steps=4', '--config.schedule.warmup_steps=1',
+                    '--config.evals.accuracy.every_steps=4',
+                    '--config.evals.fewshot.every_steps=4', '--workdir',
+                    tmp_path / 'demo', env=env)
+  assert 'fewshot/digits_5shot' in demo.stdout
   for format_ in ('vit_jax', 'hf'):
     run_module('vit_jax.export', '--model', tmp_path / 'run', '--format',
                format_, '--out', tmp_path / f'export_{format_}', env=env)
