@@ -20,13 +20,9 @@ def _png(value: int, size=(12, 10)) -> bytes:
   return out.getvalue()
 
 
-class _Records(list):
-  pass
-
-
 def _examples(count=37, corrupt=()):
   """Example i is a flat image of grey level 3 i, label i % CLASSES."""
-  records = _Records(
+  records = list(
       arrayrecord.encode_record(b'broken' if i in corrupt else _png(3 * i),
                                 i % CLASSES, f'image{i}.png')
       for i in range(count))

@@ -53,10 +53,9 @@ def _rate(iterator, batch: int, batches: int) -> float:
 
 
 def tf_data_iterator(folder_source, pp: str, threads: int, batch: int):
-  iterator = pipeline.TrainIterator(folder_source, 'train', pp=pp,
-                                    batch_size=batch, seed=0, cache_raw=True,
-                                    threads=threads, shuffle_buffer=1024)
-  return iterator
+  return pipeline.TrainIterator(folder_source, 'train', pp=pp,
+                                batch_size=batch, seed=0, cache_raw=True,
+                                threads=threads, shuffle_buffer=1024)
 
 
 def grain_iterator(ar_source, pp: str, threads: int, batch: int, workers: int):
