@@ -25,13 +25,33 @@ def test_meshes_agree_and_fsdp_shards_state():
 
 
 def test_fsdp_holds_an_eighth_of_the_state_per_device():
-  replicated = run_tiny({'steps': 1, 'mesh': {'data': 8}}, devices=8)
+  replicated = run_tiny({'steps': 1, 'mesh': {'data': 8},
+                         'shard_optimizer_state': False}, devices=8)
   fsdp = run_tiny({'steps': 1, 'mesh': {'data': 1, 'fsdp': 8}}, devices=8)
   total = fsdp['total_bytes']
   assert replicated['max_bytes_per_device'] == total
   # Small vectors that 8 does not divide stay replicated: allow 10%.
   assert fsdp['max_bytes_per_device'] < 0.1 * total + total / 8
   assert fsdp['max_bytes_per_device'] >= total / 8
+
+
+def test_optimizer_state_split_over_the_data_axis():
+  """ZeRO-1 on 8 data-parallel devices: the optimizer's moments are held
+  an eighth per device (the parameters stay whole on each), and the steps
+  are those of the replicated update."""
+  replicated = run_tiny({'optimizer': SGD, 'steps': 3, 'mesh': {'data': 8},
+                         'shard_optimizer_state': False}, devices=8)
+  split = run_tiny({'optimizer': SGD, 'steps': 3, 'mesh': {'data': 8}},
+                   devices=8)
+  np.testing.assert_allclose(split['losses'], replicated['losses'], rtol=1e-6)
+  np.testing.assert_allclose(split['params_flat'], replicated['params_flat'],
+                             atol=1e-6)
+  params = replicated['params_bytes']
+  moments = replicated['total_bytes'] - params
+  assert replicated['max_bytes_per_device'] == replicated['total_bytes']
+  # Moments of vectors 8 does not divide (the 10-class head bias) stay whole.
+  assert params + moments / 8 <= split['max_bytes_per_device'] < (
+      params + moments / 8 + 0.05 * moments)
 
 
 def test_gradient_accumulation_matches_full_batch():

@@ -43,6 +43,7 @@ def tiny_config(options):
   config.optimizer.update(options.get('optimizer', {}))
   config.mesh.update(options.get('mesh', {}))
   config.accum_steps = options.get('accum_steps', 1)
+  config.shard_optimizer_state = options.get('shard_optimizer_state', True)
   config.log_steps = 1
   config.checkpoint_steps = options.get('checkpoint_steps', 1000)
   config.keep_checkpoints = 2

@@ -77,6 +77,7 @@ def main():
       digest=digest, ema_digest=ema_digest, params_flat=[float(v) for l in leaves for v in l.ravel()[:64]],
       total_bytes=sum(l.nbytes for l in jax.tree.leaves(
           (state.params, state.opt_state))),
+      params_bytes=sum(l.nbytes for l in jax.tree.leaves(state.params)),
       max_bytes_per_device=max(held.values()),
       num_devices=jax.device_count(),
       final={k: v for k, v in history[-1].items() if k.startswith(('eval/', 'data/'))},

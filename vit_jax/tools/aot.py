@@ -210,7 +210,7 @@ def compile_report(config, devices) -> dict:
       attention=config.model.get('attention_implementation'))
   if on_gpu:
     report['kernels'] = kernel_inventory(compiled.as_text())
-  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  slices = sharding.slice_count(devices)
   if slices > 1:
     report['slices'] = slices
     report['collectives_across_slices'] = collectives_across_slices(

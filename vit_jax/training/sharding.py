@@ -66,6 +66,11 @@ def resolve_mesh_shape(mesh_config: Mapping[str, int], num_devices: int
   return tuple(sizes)
 
 
+def slice_count(devices: Sequence[Any]) -> int:
+  """TPU slices among `devices` (joined by the data-center network)."""
+  return len({getattr(d, 'slice_index', 0) for d in devices})
+
+
 def make_mesh(mesh_config: Mapping[str, int],
               devices: Sequence[Any] | None = None) -> Mesh:
   """A ('data', 'fsdp', 'tensor') mesh over all (or the given) devices.
@@ -75,7 +80,7 @@ def make_mesh(mesh_config: Mapping[str, int],
   """
   devices = list(devices if devices is not None else jax.devices())
   shape = resolve_mesh_shape(mesh_config, len(devices))
-  num_slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  num_slices = slice_count(devices)
   if num_slices > 1:
     if shape[0] % num_slices:
       raise ValueError(f'the data axis ({shape[0]}) must be a multiple of the '
@@ -123,6 +128,35 @@ def optimizer_state_shardings(tx, opt_state_shapes: Any, param_shardings: Any,
     return target
   return optax.tree_map_params(tx, fit, opt_state_shapes, param_shardings,
                                transform_non_params=lambda _: fallback)
+
+
+def update_shardings(param_shardings: Any, param_shapes: Any) -> Any:
+  """Where the optimizer update of each parameter runs when it is split
+  over the data axis (ZeRO stage 1): the parameter's own sharding with its
+  first dimension that is unsharded and divisible by the data axis split
+  over `data` too. The gradient is then reduce-scattered instead of
+  all-reduced, each device updates its part of the moments, and the new
+  parameters are all-gathered: the same bytes on the interconnect as the
+  all-reduce, and the optimizer's reads and writes of parameters and
+  moments shrink by the data-axis size. A parameter without such a
+  dimension keeps its sharding. Across several slices the update stays
+  whole: the data axis then spans the data-center network, which should
+  carry the gradient all-reduce only (not a parameter all-gather too)."""
+  if slice_count(jax.tree.leaves(param_shardings)[0].mesh.devices.flat) > 1:
+    return param_shardings
+
+  def split(target: NamedSharding, shape) -> NamedSharding:
+    mesh, size = target.mesh, target.mesh.shape['data']
+    spec = list(target.spec) + [None] * (len(shape.shape) - len(target.spec))
+    axes = [(a,) if isinstance(a, str) else tuple(a or ()) for a in spec]
+    if size == 1 or any('data' in a for a in axes):
+      return target
+    for dim, (length, names) in enumerate(zip(shape.shape, axes)):
+      if length % (size * int(np.prod([mesh.shape[a] for a in names]))) == 0:
+        spec[dim] = ('data', *names)
+        return NamedSharding(mesh, P(*spec))
+    return target
+  return jax.tree.map(split, param_shardings, param_shapes)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

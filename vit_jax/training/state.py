@@ -68,6 +68,10 @@ class TrainSetup:
   schedule: Callable[[jax.Array], jax.Array]
   state_shapes: TrainState
   state_shardings: TrainState
+  # Where the gradient and the optimizer update of each parameter live
+  # (sharding.update_shardings when config.shard_optimizer_state, else the
+  # parameters' own shardings).
+  update_shardings: Any
 
   @property
   def abstract_state(self) -> TrainState:
@@ -96,12 +100,15 @@ def make_setup(config: ml_collections.ConfigDict,
   shapes = jax.eval_shape(lambda: TrainState.create(
       nn.unbox(boxed), tx, jax.random.key(0), ema=ema))
   replicated = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  updates = (sharding.update_shardings(param_shardings, shapes.params)
+             if config.get('shard_optimizer_state') else param_shardings)
   shardings = replicated.replace(
       params=param_shardings,
       ema_params=param_shardings if ema else None,
       opt_state=sharding.optimizer_state_shardings(
-          tx, shapes.opt_state, param_shardings, mesh))
-  return TrainSetup(config, mesh, model, tx, schedule, shapes, shardings)
+          tx, shapes.opt_state, updates, mesh))
+  return TrainSetup(config, mesh, model, tx, schedule, shapes, shardings,
+                    updates)
 
 
 def _ema_from(state: TrainState, params) -> TrainState:
