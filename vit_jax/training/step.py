@@ -18,6 +18,14 @@ from vit_jax.training.state import TrainSetup, TrainState
 
 _global_norm = optax.tree.norm if hasattr(optax, 'tree') else optax.global_norm
 
+# With the update split over the data axis, XLA:TPU may fold the gradient's
+# reduce-scatter into the weight-gradient matmuls as loops of collective
+# permutes over thin slices of the weights ("windowed einsum"); for
+# ViT-B/16 at 128 images per chip that makes the whole step slower, and
+# where the plain matmul and one reduce-scatter were compared they were as
+# fast or faster in libtpu's estimate (docs/benchmarks.md).
+TPU_COMPILER_OPTIONS = {'xla_tpu_enable_windowed_einsum_for_reduce_scatter': False}
+
 
 def make_train_step(setup: TrainSetup) -> Callable[[TrainState, dict], tuple]:
   config, model, tx = setup.config, setup.model, setup.tx
@@ -96,7 +104,9 @@ def make_train_step(setup: TrainSetup) -> Callable[[TrainState, dict], tuple]:
       return new_state, metrics
 
   batch_sharding = sharding.batch_sharding(setup.mesh)
+  on_tpu = setup.mesh.devices.flat[0].platform == 'tpu'
   return jax.jit(
       train_step, donate_argnums=(0,),
+      compiler_options=TPU_COMPILER_OPTIONS if on_tpu else None,
       in_shardings=(setup.state_shardings, batch_sharding),
       out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)))
