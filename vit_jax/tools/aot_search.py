@@ -7,8 +7,10 @@ train step for every combination of a few settings and rank them.
 
 A search is `key=value|value|...` entries separated by commas, keys as in
 `--config.KEY`; every combination is compiled. `default` searches the
-remat policy, the attention logits' dtype (TPU, CPU) or the attention
-implementation (GPU), and gradient accumulation. Candidates are ranked by
+remat policy, whether the optimizer update is split over the data axis
+(TPU: it wins or loses by topology and batch per chip), the attention
+logits' dtype (CPU) or the attention implementation (GPU), and gradient
+accumulation. Candidates are ranked by
 the compiler's step-time estimate, else by the roofline bound, else (CPU)
 by memory; those that do not fit or do not compile come last, with why.
 """
@@ -20,7 +22,7 @@ from typing import Any, Callable
 
 DEFAULT_SEARCH = {
     'tpu': 'model.remat_policy=none|dots_with_no_batch_dims_saveable|full,'
-           'model.attention_logits_dtype=float32|compute,accum_steps=1|2',
+           'shard_optimizer_state=True|False,accum_steps=1|2',
     'gpu': 'model.remat_policy=none|full,model.attention_implementation=xla|cudnn,'
            'accum_steps=1|2',
     'cpu': 'model.remat_policy=none|full,model.attention_logits_dtype=float32|compute',
