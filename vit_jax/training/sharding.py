@@ -132,9 +132,9 @@ def optimizer_state_shardings(tx, opt_state_shapes: Any, param_shardings: Any,
 
 def update_shardings(param_shardings: Any, param_shapes: Any) -> Any:
   """Where the optimizer update of each parameter runs when it is split
-  over the data axis (ZeRO stage 1): the parameter's own sharding with its
-  first dimension that is unsharded and divisible by the data axis split
-  over `data` too. The gradient is then reduce-scattered instead of
+  over the data axis (ZeRO stage 1): the parameter's own sharding, with
+  `data` added to its first dimension whose length divides by the data
+  axis times the mesh axes that dimension is already split over. The gradient is then reduce-scattered instead of
   all-reduced, each device updates its part of the moments, and the new
   parameters are all-gathered: the same bytes on the interconnect as the
   all-reduce, and the optimizer's reads and writes of parameters and
