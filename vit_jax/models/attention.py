@@ -120,9 +120,8 @@ def _attention_core_backward(logits_dtype, residuals, d_out):
   """The softmax gradient p * (dp - sum_k p dp) takes the row sum as
   sum_d(d_out * out), which equals it (out = p v) and needs no pass over
   the (query, key) matrix. The compiler then forms the logits' gradient in
-  the epilogue of the d_out v^T product, and the step moves that matrix
-  five times instead of about ten: the attention core of a 16-bit ViT is
-  bound by those bytes, not by its FLOPs."""
+  the epilogue of the d_out v^T product, and the backward pass moves that
+  matrix five times instead of about ten."""
   query, key, value, exps, sums, out = residuals
   probs = exps / sums
   d_value = jnp.einsum('bhqk,bhqd->bhkd', probs.astype(value.dtype), d_out)
