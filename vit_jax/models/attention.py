@@ -244,14 +244,14 @@ class MultiHeadDotProductAttention(nn.Module):
     projection = functools.partial(
         HeadProjection, num_heads=self.num_heads, head_dim=head_dim,
         dtype=self.dtype)
-    weights = [projection(name=name)(width)
-               for name in ('query', 'key', 'value')]
+    weights = [projection(name=name)(inputs.shape[-1]) for name, inputs in
+               (('query', inputs_q), ('key', inputs_kv), ('value', inputs_kv))]
     if inputs_kv is inputs_q:
       # Self-attention: the three projections as one matmul over the
-      # concatenated heads, which reads the input (and recomputes its
-      # LayerNorm) once instead of three times, forward and backward.
-      kernel, bias = (jnp.concatenate(w, axis=0 if w[0].ndim == 2 else 1)
-                      for w in zip(*weights))
+      # concatenated heads (axis -2 of kernels and biases), which reads the
+      # input (and recomputes its LayerNorm) once instead of three times,
+      # forward and backward.
+      kernel, bias = (jnp.concatenate(w, axis=-2) for w in zip(*weights))
       query, key, value = jnp.split(
           project_to_heads(inputs_q, kernel, bias), 3, axis=-2)
     else:
