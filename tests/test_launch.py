@@ -171,6 +171,50 @@ def test_aot_two_slices_cross_the_network_only_with_the_gradient_all_reduce():
   assert 'ALL_REDUCE x' in aot.format_report(report)
 
 
+def test_the_tpu_step_estimate_takes_a_pallas_kernels_declared_cost():
+  """One Pallas kernel, the same code, compiled for a v5p 2x2x1 twice with
+  different declared costs: libtpu's step estimate follows the declaration
+  (about a thousand times apart), so the report counts such kernels and
+  says that their cost is not measured."""
+  _demo_config_for_tpu_compiles()  # skips without libtpu
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from vit_jax.tools import aot  # pylint: disable=g-import-not-at-top
+  mesh = Mesh(np.array(aot.topology_devices('v5p:2x2x1')), ('x',))
+
+  def double(x_ref, out_ref):
+    out_ref[...] = x_ref[...] * 2
+
+  def compiled(declared_flops):
+    call = pl.pallas_call(
+        double, out_shape=jax.ShapeDtypeStruct((1024, 1024), np.float32),
+        cost_estimate=pl.CostEstimate(flops=declared_flops, transcendentals=0,
+                                      bytes_accessed=8 * 2**20))
+    step = jax.jit(jax.shard_map(call, mesh=mesh, in_specs=P('x'),
+                                 out_specs=P('x'), check_vma=False))
+    x = jax.ShapeDtypeStruct((4096, 1024), np.float32,
+                             sharding=NamedSharding(mesh, P('x')))
+    return step.lower(x).compile()
+
+  def estimate(c):
+    cost = c.cost_analysis()
+    return (cost[0] if isinstance(cost, (list, tuple)) else cost)['optimal_seconds']
+
+  cheap, dear = compiled(10**6), compiled(10**12)
+  assert aot.pallas_kernel_count(cheap.as_text()) == 1
+  assert estimate(dear) > 300 * estimate(cheap) > 0
+  report = dict(model='custom', batch_size=4096, image_size=224, dtype='bfloat16',
+                chips=4, device_kind='TPU v5', mesh={'x': 4}, argument_gib=1.,
+                temp_gib=1., output_gib=1., alias_gib=1., total_gib=2.,
+                hbm_gib=95., fits=True, xla_flops_per_chip=None,
+                estimated_step_seconds=estimate(dear), estimated_mfu=None,
+                roofline_step_seconds=None, pallas_kernels=1)
+  assert ('1 Pallas kernels: the estimate takes their cost from what each '
+          'declares') in aot.format_report(report)
+
+
 def test_aot_search_ranks_compiled_candidates_for_a_v5e_2x2():
   """--search: every combination compiled for the TPU topology, those that
   compile ranked by the roofline bound (v5e has no step estimate), one
