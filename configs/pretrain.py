@@ -135,10 +135,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       decay_type='linear', end_lr=1e-5))
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  # Split Adam's moments and the update over the data axis too (ZeRO-1):
-  # the same interconnect bytes as a replicated update, 1/data of its HBM
-  # traffic and moment memory per device.
-  config.shard_optimizer_state = True
+  # The optimizer update whole on every data-parallel device. True splits
+  # Adam's moments and the update over the data axis (ZeRO-1): 1/data of
+  # the moments' memory and of the update's HBM traffic per device, but the
+  # new float32 parameters then cross the interconnect every step besides
+  # the gradient's all-reduce, a cost libtpu's step estimate leaves out
+  # (`python -m vit_jax.aot` lists the collectives; `--search default`
+  # compiles both).
+  config.shard_optimizer_state = False
   # Flax's and big_vision's attention: logits and softmax in the computation
   # dtype (bfloat16 models: half the bytes of the attention core, within two
   # bfloat16 steps of exact attention); float32 models are unaffected.

@@ -139,16 +139,28 @@ def test_aot_optimizer_state_split_over_the_data_axis_of_a_v5e_2x2():
   from vit_jax.models import build_model  # pylint: disable=g-import-not-at-top
   from vit_jax.tools import aot  # pylint: disable=g-import-not-at-top
   devices = aot.topology_devices('v5e:2x2')
-  held = {}
+  held, collectives = {}, {}
   for split in (False, True):
     config = _demo_config_for_tpu_compiles()
     config.shard_optimizer_state = split
-    held[split] = aot.compile_report(config, devices)['argument_gib'] * 2**30
+    report = aot.compile_report(config, devices)
+    held[split] = report['argument_gib'] * 2**30
+    collectives[split] = report['collectives']
   model = build_model(config.model, 10)
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3))))['params']
   moments = 2 * 4 * sum(x.size for x in jax.tree.leaves(shapes))
   assert 0.5 * moments <= held[False] - held[True] <= 0.75 * moments
+  # The price on the interconnect: the replicated update all-reduces the
+  # gradient (float32 here). Split, the gradient is still all-reduced whole
+  # (XLA does not make it a reduce-scatter) and every chip also receives
+  # the new float32 parameters: about twice the bytes.
+  gradient = moments / 2
+  assert set(collectives[False]) == {'all-reduce'}
+  assert gradient <= collectives[False]['all-reduce']['bytes'] <= 1.1 * gradient
+  assert collectives[True]['all-reduce']['bytes'] >= gradient
+  split_bytes = sum(c['bytes'] for c in collectives[True].values())
+  assert 1.9 * gradient <= split_bytes <= 2.2 * gradient
 
 
 def test_aot_two_slices_cross_the_network_only_with_the_gradient_all_reduce():
@@ -239,6 +251,11 @@ def test_aot_search_ranks_compiled_candidates_for_a_v5e_2x2():
   assert bounds == sorted(bounds) and all(r['report']['fits'] for r in built)
   table = aot_search.format_search(rows)
   assert table.splitlines()[-1] == 'best: ' + aot_search.flags_of(rows[0]['overrides'])
+  # The interconnect's share, which no estimate ranks: the gradient's
+  # all-reduce at least.
+  network = sum(c['bytes'] for c in rows[0]['report']['collectives'].values())
+  assert network > 0 and table.splitlines()[0].endswith('collectives GiB/chip')
+  assert table.splitlines()[2].endswith(f'| {network / 2**30:.3g}')
   with pytest.raises(aot_search.SearchSpecError, match="key 'model.remat' is not"):
     aot_search.search(config, aot.topology_devices('v5e:2x2'), 'model.remat=none',
                       aot.compile_report)

@@ -98,10 +98,39 @@ def collectives_across_slices(hlo_text: str) -> list[dict]:
   each chip sends only its shard across."""
   crossing = []
   for dtype, dims, kind in _MEGASCALE_RECV.findall(hlo_text):
-    shape = [int(d) for d in dims.split(',') if d]
     crossing.append({'kind': kind, 'shape': f'{dtype}[{dims}]',
-                     'bytes': int(np.prod(shape)) * _DTYPE_BYTES.get(dtype, 4)})
+                     'bytes': _array_bytes(dtype, dims)})
   return crossing
+
+
+# Collectives of an optimized module, synchronous or started
+# asynchronously; `-done` halves are not counted again.
+_COLLECTIVE = re.compile(
+    r'^\s*(?:ROOT )?%\S+ = (.*?) (all-reduce|all-gather|reduce-scatter|'
+    r'all-to-all|collective-permute)(-start)?\(', re.M)
+_ARRAY_SHAPE = re.compile(r'\b(\w+)\[([\d,]*)\]')
+
+
+def _array_bytes(dtype: str, dims: str) -> int:
+  return int(np.prod([int(d) for d in dims.split(',') if d])) * _DTYPE_BYTES.get(dtype, 4)
+
+
+def collective_bytes(hlo_text: str) -> dict[str, dict[str, int]]:
+  """Per kind of collective in one device's optimized module: how many ops
+  and the bytes of their results (all elements of a combined op). An
+  asynchronous start's result holds its operands too, so only its last
+  element counts. libtpu's step estimate leaves the interconnect out, so
+  these are the network's share of a step that the estimate cannot show."""
+  totals: dict[str, dict[str, int]] = {}
+  for shape, kind, started in _COLLECTIVE.findall(hlo_text):
+    arrays = _ARRAY_SHAPE.findall(shape)
+    if started and kind != 'all-reduce':
+      arrays = arrays[-1:]
+    entry = totals.setdefault(kind, {'count': 0, 'bytes': 0})
+    entry['count'] += 1
+    entry['bytes'] += sum(_array_bytes(dtype, dims) for dtype, dims in arrays
+                          if dtype in _DTYPE_BYTES)
+  return totals
 
 
 def topology_devices(name: str, slices: int = 1):
@@ -221,6 +250,7 @@ def compile_report(config, devices) -> dict:
     report['kernels'] = kernel_inventory(hlo_text)
   elif devices[0].platform == 'tpu':
     report['pallas_kernels'] = pallas_kernel_count(hlo_text)
+  report['collectives'] = collective_bytes(hlo_text)
   slices = sharding.slice_count(devices)
   if slices > 1:
     report['slices'] = slices
@@ -257,6 +287,10 @@ def format_report(r: dict) -> str:
   if r['roofline_step_seconds']:
     lines.append(f'  roofline bound {1e3 * r["roofline_step_seconds"]:.1f} ms, '
                  f'MFU at most {100 * r["roofline_mfu"]:.1f}%')
+  if r.get('collectives'):
+    lines.append('  collectives per chip and step (not in the estimate): ' + ', '.join(
+        f'{kind} x{c["count"]} ({c["bytes"] / GIB:.3f} GiB)'
+        for kind, c in sorted(r['collectives'].items())))
   if r.get('slices'):
     crossing = r['collectives_across_slices']
     kinds = {}

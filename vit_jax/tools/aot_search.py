@@ -8,7 +8,9 @@ train step for every combination of a few settings and rank them.
 A search is `key=value|value|...` entries separated by commas, keys as in
 `--config.KEY`; every combination is compiled. `default` searches the
 remat policy, whether the optimizer update is split over the data axis
-(TPU: it wins or loses by topology and batch per chip), the attention
+(TPU: the estimate counts the HBM traffic a split saves, not the
+parameters it adds to the interconnect; the collectives column shows
+those), the attention
 logits' dtype (CPU) or the attention implementation (GPU), and gradient
 accumulation. Candidates are ranked by
 the compiler's step-time estimate, else by the roofline bound, else (CPU)
@@ -136,13 +138,14 @@ def flags_of(overrides: dict[str, Any]) -> str:
 def format_search(rows: list[dict]) -> str:
   """A ranked table and the best candidate's flags, to paste."""
   keys = list(rows[0]['overrides']) if rows else []
-  header = keys + ['GiB/chip', 'fits', 'est. step', 'est. MFU', 'roofline MFU']
+  header = keys + ['GiB/chip', 'fits', 'est. step', 'est. MFU', 'roofline MFU',
+                   'collectives GiB/chip']
   lines = [' | '.join(header), ' | '.join('---' for _ in header)]
   for row in rows:
     cells = [str(row['overrides'][k]) for k in keys]
     report = row.get('report')
     if report is None:
-      cells += ['-', 'no', row['error'], '-', '-']
+      cells += ['-', 'no', row['error'], '-', '-', '-']
     else:
       seconds, mfu, bound = (report.get('estimated_step_seconds'),
                              report.get('estimated_mfu'), report.get('roofline_mfu'))
@@ -151,7 +154,8 @@ def format_search(rows: list[dict]) -> str:
                 'yes' if fits else ('no' if fits is False else '?'),
                 f'{1e3 * seconds:.1f} ms' if seconds else 'n/a',
                 f'{100 * mfu:.1f}%' if mfu else 'n/a',
-                f'{100 * bound:.1f}%' if bound else 'n/a']
+                f'{100 * bound:.1f}%' if bound else 'n/a',
+                f'{sum(c["bytes"] for c in report.get("collectives", {}).values()) / 2**30:.3g}']
     lines.append(' | '.join(cells))
   best = rows[0] if rows and _rank_key(rows[0])[0] == 0 else None
   lines.append(f'best: {flags_of(best["overrides"])}' if best

@@ -134,11 +134,12 @@ def update_shardings(param_shardings: Any, param_shapes: Any) -> Any:
   """Where the optimizer update of each parameter runs when it is split
   over the data axis (ZeRO stage 1): the parameter's own sharding, with
   `data` added to its first dimension whose length divides by the data
-  axis times the mesh axes that dimension is already split over. The gradient is then reduce-scattered instead of
-  all-reduced, each device updates its part of the moments, and the new
-  parameters are all-gathered: the same bytes on the interconnect as the
-  all-reduce, and the optimizer's reads and writes of parameters and
-  moments shrink by the data-axis size. A parameter without such a
+  axis times the mesh axes that dimension is already split over. Each
+  device then updates its part of the moments, so the optimizer's reads
+  and writes of parameters and moments shrink by the data-axis size; the
+  new parameters (float32) are gathered onto every device, on the
+  interconnect besides the gradient's reduction (which XLA:TPU keeps an
+  all-reduce of the whole gradient). A parameter without such a
   dimension keeps its sharding. Across several slices the update stays
   whole: the data axis then spans the data-center network, which should
   carry the gradient all-reduce only (not a parameter all-gather too)."""

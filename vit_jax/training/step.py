@@ -67,7 +67,8 @@ def make_train_step(setup: TrainSetup) -> Callable[[TrainState, dict], tuple]:
         (loss, grads), _ = jax.lax.scan(
             accumulate, zeros, (jnp.arange(accum), micro))
         loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
-      # Reduce-scattered where the update is split over the data axis.
+      # Where the update runs (split over the data axis with
+      # config.shard_optimizer_state).
       grads = jax.lax.with_sharding_constraint(grads, setup.update_shardings)
       grad_norm = _global_norm(grads)
       updates, opt_state = tx.update(grads, state.opt_state, params)
