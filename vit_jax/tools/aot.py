@@ -112,7 +112,8 @@ _ARRAY_SHAPE = re.compile(r'\b(\w+)\[([\d,]*)\]')
 
 
 def _array_bytes(dtype: str, dims: str) -> int:
-  return int(np.prod([int(d) for d in dims.split(',') if d])) * _DTYPE_BYTES.get(dtype, 4)
+  elements = int(np.prod([int(d) for d in dims.split(',') if d]))
+  return elements * _DTYPE_BYTES.get(dtype, 4)
 
 
 def collective_bytes(hlo_text: str) -> dict[str, dict[str, int]]:

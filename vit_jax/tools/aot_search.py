@@ -10,17 +10,18 @@ A search is `key=value|value|...` entries separated by commas, keys as in
 remat policy, whether the optimizer update is split over the data axis
 (TPU: the estimate counts the HBM traffic a split saves, not the
 parameters it adds to the interconnect; the collectives column shows
-those), the attention
-logits' dtype (CPU) or the attention implementation (GPU), and gradient
-accumulation. Candidates are ranked by
-the compiler's step-time estimate, else by the roofline bound, else (CPU)
-by memory; those that do not fit or do not compile come last, with why.
+those), the attention logits' dtype (CPU) or the attention implementation
+(GPU), and gradient accumulation. Candidates are ranked by the compiler's
+step-time estimate, else by the roofline bound, else (CPU) by memory;
+those that do not fit or do not compile come last, with why.
 """
 
 import ast
 import copy
 import itertools
 from typing import Any, Callable
+
+from vit_jax.runtime import devices as devices_lib
 
 DEFAULT_SEARCH = {
     'tpu': 'model.remat_policy=none|dots_with_no_batch_dims_saveable|full,'
@@ -147,6 +148,7 @@ def format_search(rows: list[dict]) -> str:
     if report is None:
       cells += ['-', 'no', row['error'], '-', '-', '-']
     else:
+      network = sum(c['bytes'] for c in report.get('collectives', {}).values())
       seconds, mfu, bound = (report.get('estimated_step_seconds'),
                              report.get('estimated_mfu'), report.get('roofline_mfu'))
       fits = report.get('fits')
@@ -155,7 +157,7 @@ def format_search(rows: list[dict]) -> str:
                 f'{1e3 * seconds:.1f} ms' if seconds else 'n/a',
                 f'{100 * mfu:.1f}%' if mfu else 'n/a',
                 f'{100 * bound:.1f}%' if bound else 'n/a',
-                f'{sum(c["bytes"] for c in report.get("collectives", {}).values()) / 2**30:.3g}']
+                f'{network / devices_lib.GIB:.3g}']
     lines.append(' | '.join(cells))
   best = rows[0] if rows and _rank_key(rows[0])[0] == 0 else None
   lines.append(f'best: {flags_of(best["overrides"])}' if best
